@@ -1,0 +1,1150 @@
+//! Node configuration: a TOML file turned into a validated [`Config`].
+//!
+//! Every section and field is optional; what is missing takes the default shown in
+//! `node/default.toml`, which is embedded in the binary and doubles as the reference example.
+//!
+//! Parsing reports *all* mistakes at once rather than stopping at the first, because an operator
+//! editing a site controller's config over a slow link should not have to iterate one typo at a
+//! time. Type errors are collected by deserializing repeatedly, dropping each offending key so that
+//! its default applies, and semantic checks then run on the result.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+use serde_path_to_error::Segment;
+use wire::OcppVersion;
+
+/// The embedded default configuration (also the documented reference example).
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+
+/// Longest node or charger id (§6.2: at most 48 characters).
+pub const MAX_ID_LEN: usize = 48;
+/// Longest idTag in the local authorization list (OCPP 1.6 IdToken is CiString20, 2.x is 36).
+pub const MAX_ID_TAG_LEN: usize = 36;
+/// Bounds of `listener.max_frame_bytes`.
+pub const FRAME_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
+/// Bounds of `listener.upgrade_timeout_s`.
+pub const UPGRADE_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
+/// Bounds of `local_csms.heartbeat_interval_s` (one day at most).
+pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
+
+/// Passes of the collect-all-errors loop; each pass removes one bad key, so this caps the number
+/// of type errors reported for a hopeless file instead of looping forever.
+const MAX_PASSES: usize = 100;
+
+// ---------------------------------------------------------------------------------------------
+// The configuration types
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    /// Missing `[[listener]]` entirely means the default `chargers` listener.
+    pub listener: Vec<ListenerConfig>,
+    pub admin: AdminConfig,
+    pub local_csms: LocalCsmsConfig,
+    pub auth: AuthConfig,
+    /// Per-charger settings, keyed by charger id.
+    pub chargers: BTreeMap<String, ChargerConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            listener: vec![ListenerConfig::default()],
+            admin: AdminConfig::default(),
+            local_csms: LocalCsmsConfig::default(),
+            auth: AuthConfig::default(),
+            chargers: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub id: String,
+    pub role: Role,
+    /// Relative paths are relative to the working directory.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: "local-controller".to_owned(),
+            role: Role::LocalController,
+            data_dir: PathBuf::from("ocpp-node-data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Edge,
+    LocalController,
+    Hub,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::LocalController => "local-controller",
+            Role::Hub => "hub",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub path: String,
+    pub security_profile: u8,
+    #[serde(deserialize_with = "de_versions")]
+    pub subprotocols: Vec<OcppVersion>,
+    pub missing_subprotocol: MissingSubprotocol,
+    pub max_frame_bytes: usize,
+    pub upgrade_timeout_s: u64,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            name: "chargers".to_owned(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9000),
+            path: "/ocpp".to_owned(),
+            security_profile: 0,
+            subprotocols: OcppVersion::ALL.to_vec(),
+            missing_subprotocol: MissingSubprotocol::AssumeOcpp16,
+            max_frame_bytes: 1024 * 1024,
+            upgrade_timeout_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum MissingSubprotocol {
+    /// §6.2: a missing subprotocol is treated as `ocpp1.6`, with a warning.
+    #[serde(rename = "assume-ocpp1.6")]
+    AssumeOcpp16,
+    #[serde(rename = "refuse")]
+    Refuse,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9800),
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalCsmsConfig {
+    pub heartbeat_interval_s: u32,
+}
+
+impl Default for LocalCsmsConfig {
+    fn default() -> Self {
+        LocalCsmsConfig {
+            heartbeat_interval_s: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Status answered for idTags that are not in `local_list`.
+    pub unknown_id_tag: AuthStatus,
+    pub local_list: BTreeMap<String, AuthStatus>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            unknown_id_tag: AuthStatus::Invalid,
+            local_list: BTreeMap::new(),
+        }
+    }
+}
+
+/// The idTag statuses common to OCPP 1.6 `AuthorizationStatus` and 2.x `AuthorizationStatusEnumType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthStatus {
+    Accepted,
+    Blocked,
+    Expired,
+    Invalid,
+}
+
+impl AuthStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthStatus::Accepted => "Accepted",
+            AuthStatus::Blocked => "Blocked",
+            AuthStatus::Expired => "Expired",
+            AuthStatus::Invalid => "Invalid",
+        }
+    }
+}
+
+impl fmt::Display for AuthStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChargerConfig {
+    /// PHC string (argon2 or scrypt) of the charger's Basic-auth password; `ocpp-node hash-password`.
+    pub password_hash: Option<String>,
+}
+
+/// `OcppVersion` lives in `wire`, which has no serde dependency; this wrapper parses each element
+/// on its own so that a bad entry is reported as `subprotocols[i]`.
+struct VersionDe(OcppVersion);
+
+impl<'de> Deserialize<'de> for VersionDe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(VersionDe).map_err(serde::de::Error::custom)
+    }
+}
+
+fn de_versions<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OcppVersion>, D::Error> {
+    let v = Vec::<VersionDe>::deserialize(d)?;
+    Ok(v.into_iter().map(|v| v.0).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// One configuration mistake. `path` is the TOML key path (`listener[1].bind`,
+/// `chargers."CP:1"`), empty for file-level errors such as TOML syntax or an unreadable file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}{}", .path, path_sep(.path), .message)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn path_sep(path: &str) -> &'static str {
+    if path.is_empty() { "" } else { ": " }
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Parses and validates a config text, returning every mistake found.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        // A syntax error leaves nothing to recover from: report toml's message (line, column,
+        // snippet) as the single error.
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| vec![ConfigError::new("", e.to_string().trim_end())])?;
+        let (config, mut errors, removed) = deserialize_all(table);
+        let Some(config) = config else {
+            return Err(errors);
+        };
+        // Semantic checks on top of the type errors, so one run shows everything; the removed-key
+        // record keeps listener indices in the operator's numbering.
+        let had_listener_errors = errors
+            .iter()
+            .any(|e| e.path == "listener" || e.path.starts_with("listener["));
+        errors.extend(validate(&config, &removed, had_listener_errors));
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Reads and parses a config file; an unreadable file is reported as a `ConfigError`.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )]
+        })?;
+        Config::parse(&text)
+    }
+
+    /// The embedded default config. It is checked by a unit test, so failing here is a build bug.
+    pub fn embedded_default() -> Config {
+        match Config::parse(DEFAULT_TOML) {
+            Ok(c) => c,
+            Err(errors) => {
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                panic!("embedded default.toml is invalid: {}", list.join("; "))
+            }
+        }
+    }
+}
+
+/// Original (as written by the operator) indices removed from each array, keyed by the array's
+/// display path. Removing an array element shifts the later ones, so later error paths and the
+/// semantic checks translate indices back through this record.
+#[derive(Debug, Default)]
+struct Removed(HashMap<String, BTreeSet<usize>>);
+
+impl Removed {
+    /// Maps a current index in the array at `array_path` to the operator's original index.
+    fn original(&self, array_path: &str, current: usize) -> usize {
+        let Some(gone) = self.0.get(array_path) else {
+            return current;
+        };
+        let mut seen = 0;
+        let mut original = 0;
+        loop {
+            if !gone.contains(&original) {
+                if seen == current {
+                    return original;
+                }
+                seen += 1;
+            }
+            original += 1;
+        }
+    }
+}
+
+/// Deserializes `table` into `Config`, dropping each key that fails and retrying, so that every
+/// type error is collected. Returns `None` when a failing key could not be removed (or too many
+/// passes), in which case the errors are all there is to report.
+fn deserialize_all(mut table: toml::Table) -> (Option<Config>, Vec<ConfigError>, Removed) {
+    let mut errors = Vec::new();
+    let mut removed = Removed::default();
+    for _ in 0..MAX_PASSES {
+        let err = match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(
+            table.clone(),
+        )) {
+            Ok(config) => return (Some(config), errors, removed),
+            Err(err) => err,
+        };
+        let segments: Vec<Segment> = err.path().iter().cloned().collect();
+        let mut message = err.inner().message().trim_end().to_owned();
+        // The most common slip: `[listener]` instead of `[[listener]]`.
+        if matches!(segments.as_slice(), [Segment::Map { key }] if key == "listener")
+            && message.contains("expected a sequence")
+        {
+            message.push_str(" (write each listener as a [[listener]] table)");
+        }
+        let (path, array) = display_path(&segments, &removed);
+        errors.push(ConfigError::new(path, message));
+        if !remove_at(&mut table, &segments) {
+            return (None, errors, removed);
+        }
+        if let (Some((array_path, original)), Some(Segment::Seq { .. })) = (array, segments.last())
+        {
+            removed.0.entry(array_path).or_default().insert(original);
+        }
+    }
+    errors.push(ConfigError::new(
+        "",
+        format!("more than {MAX_PASSES} errors; stopped checking"),
+    ));
+    (None, errors, removed)
+}
+
+/// Renders a serde path as a TOML key path with the operator's array indices. Also returns, when
+/// the last segment is an array index, the array's path and the original index (for `Removed`).
+fn display_path(segments: &[Segment], removed: &Removed) -> (String, Option<(String, usize)>) {
+    let mut path = String::new();
+    let mut last_array = None;
+    for seg in segments {
+        match seg {
+            Segment::Seq { index } => {
+                let original = removed.original(&path, *index);
+                last_array = Some((path.clone(), original));
+                path.push_str(&format!("[{original}]"));
+            }
+            Segment::Map { key } => {
+                path = key_path(&path, key);
+                last_array = None;
+            }
+            Segment::Enum { variant } => {
+                path = key_path(&path, variant);
+                last_array = None;
+            }
+            Segment::Unknown => {
+                path = key_path(&path, "?");
+                last_array = None;
+            }
+        }
+    }
+    (path, last_array)
+}
+
+/// Removes the value at `segments` (current indices) from the table. False if there is nothing
+/// to remove, which ends the collection loop rather than spinning on the same error.
+fn remove_at(table: &mut toml::Table, segments: &[Segment]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut cur: &mut toml::Value = match parents.first() {
+        None => {
+            return match last {
+                Segment::Map { key } => table.remove(key).is_some(),
+                _ => false,
+            };
+        }
+        Some(Segment::Map { key }) => match table.get_mut(key) {
+            Some(v) => v,
+            None => return false,
+        },
+        Some(_) => return false,
+    };
+    for seg in &parents[1..] {
+        cur = match (seg, cur) {
+            (Segment::Map { key }, toml::Value::Table(t)) => match t.get_mut(key) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, toml::Value::Array(a)) => match a.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (Segment::Map { key }, toml::Value::Table(t)) => t.remove(key).is_some(),
+        (Segment::Seq { index }, toml::Value::Array(a)) if *index < a.len() => {
+            a.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `prefix.key`, quoting keys that are not TOML bare keys so the path can be pasted back.
+fn key_path(prefix: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key = if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    };
+    if prefix.is_empty() {
+        key
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semantic checks
+// ---------------------------------------------------------------------------------------------
+
+/// Charger id rules (§6.2), shared with the handshake code. `id` is already percent-decoded.
+pub fn valid_charger_id(id: &str, node_id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        return Err("charger id is empty");
+    }
+    if id.chars().count() > MAX_ID_LEN {
+        return Err("charger id is longer than 48 characters");
+    }
+    if id.contains(':') {
+        return Err("charger id contains ':'");
+    }
+    // A '/' would make `<csms_base_url>/<id>` and the listener path ambiguous.
+    if id.contains('/') {
+        return Err("charger id contains '/'");
+    }
+    if id == "CSMS" || id == "*" {
+        return Err("charger id is reserved (CSMS and * are not allowed)");
+    }
+    if id == node_id {
+        return Err("charger id is the node's own id");
+    }
+    Ok(())
+}
+
+fn valid_node_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        return Err("node id is empty");
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err("node id is longer than 48 bytes");
+    }
+    // ':' separates ids in overlay routes.
+    if id.contains(':') {
+        return Err("node id contains ':'");
+    }
+    if id == "CSMS" || id == "*" {
+        return Err("node id is reserved (CSMS and * are not allowed)");
+    }
+    Ok(())
+}
+
+fn valid_listener_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("path must start with '/'");
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        return Err("path must not end with '/' (the charger id follows it)");
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("path must not contain spaces or control characters");
+    }
+    // A query or fragment would never match a request path.
+    if path.contains(['?', '#']) {
+        return Err("path must not contain '?' or '#'");
+    }
+    Ok(())
+}
+
+/// Two sockets on the same port collide when the addresses are equal or one of them covers the
+/// other: on Linux, binding 127.0.0.1:9000 next to 0.0.0.0:9000 fails, and `[::]` is dual-stack
+/// by default so it covers IPv4 too. Port 0 asks the OS for a free port, so it never collides.
+fn binds_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    let (ia, ib) = (a.ip(), b.ip());
+    let v6_any = |ip: IpAddr| ip.is_ipv6() && ip.is_unspecified();
+    ia == ib
+        || v6_any(ia)
+        || v6_any(ib)
+        || (ia.is_ipv4() && ib.is_ipv4() && (ia.is_unspecified() || ib.is_unspecified()))
+}
+
+fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
+
+    if let Err(m) = valid_node_id(&config.node.id) {
+        err("node.id".into(), m.into());
+    }
+    if config.node.role != Role::LocalController {
+        err(
+            "node.role".into(),
+            format!(
+                "role {:?} is not implemented in this build (only \"local-controller\" is)",
+                config.node.role.as_str()
+            ),
+        );
+    }
+    if config.node.data_dir.as_os_str().is_empty() {
+        err("node.data_dir".into(), "must not be empty".into());
+    }
+
+    // An empty list after dropping bad entries was already reported by those entries.
+    if config.listener.is_empty() && !had_listener_errors {
+        err(
+            "listener".into(),
+            "at least one [[listener]] is required".into(),
+        );
+    }
+    let any_password = config.chargers.values().any(|c| c.password_hash.is_some());
+    let lpath =
+        |i: usize, field: &str| format!("listener[{}].{field}", removed.original("listener", i));
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, l) in config.listener.iter().enumerate() {
+        // The name is printed in the `listening <name> <url>` line that tests parse.
+        if l.name.is_empty() || l.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            err(
+                lpath(i, "name"),
+                "must be non-empty and contain no spaces".into(),
+            );
+        }
+        if let Some(first) = names.insert(&l.name, i) {
+            err(
+                lpath(i, "name"),
+                format!(
+                    "duplicate listener name {:?} (also listener[{}])",
+                    l.name,
+                    removed.original("listener", first)
+                ),
+            );
+        }
+        if let Some(j) = config.listener[..i]
+            .iter()
+            .position(|o| binds_collide(o.bind, l.bind))
+        {
+            err(
+                lpath(i, "bind"),
+                format!(
+                    "{} collides with listener[{}].bind",
+                    l.bind,
+                    removed.original("listener", j)
+                ),
+            );
+        }
+        if config.admin.enabled && binds_collide(l.bind, config.admin.bind) {
+            err(
+                lpath(i, "bind"),
+                format!("{} collides with admin.bind", l.bind),
+            );
+        }
+        if let Err(m) = valid_listener_path(&l.path) {
+            err(lpath(i, "path"), m.into());
+        }
+        match l.security_profile {
+            0 => {}
+            1 if !any_password => err(
+                lpath(i, "security_profile"),
+                "security_profile 1 needs at least one [chargers.<id>] password_hash".into(),
+            ),
+            1 => {}
+            2 | 3 => err(
+                lpath(i, "security_profile"),
+                format!(
+                    "security_profile {} (TLS) is not available in this build yet",
+                    l.security_profile
+                ),
+            ),
+            n => err(
+                lpath(i, "security_profile"),
+                format!("security_profile {n} does not exist (0, 1, 2 or 3)"),
+            ),
+        }
+        if l.subprotocols.is_empty() {
+            err(
+                lpath(i, "subprotocols"),
+                "must list at least one subprotocol".into(),
+            );
+        }
+        for (k, v) in l.subprotocols.iter().enumerate() {
+            if l.subprotocols[..k].contains(v) {
+                err(
+                    format!("{}[{k}]", lpath(i, "subprotocols")),
+                    format!("{v} is listed twice"),
+                );
+            }
+        }
+        if !FRAME_BYTES_RANGE.contains(&l.max_frame_bytes) {
+            err(
+                lpath(i, "max_frame_bytes"),
+                format!(
+                    "{} is outside {}..={}",
+                    l.max_frame_bytes,
+                    FRAME_BYTES_RANGE.start(),
+                    FRAME_BYTES_RANGE.end()
+                ),
+            );
+        }
+        if !UPGRADE_TIMEOUT_RANGE.contains(&l.upgrade_timeout_s) {
+            err(
+                lpath(i, "upgrade_timeout_s"),
+                format!(
+                    "{} is outside {}..={}",
+                    l.upgrade_timeout_s,
+                    UPGRADE_TIMEOUT_RANGE.start(),
+                    UPGRADE_TIMEOUT_RANGE.end()
+                ),
+            );
+        }
+    }
+
+    let hb = config.local_csms.heartbeat_interval_s;
+    if !HEARTBEAT_RANGE.contains(&hb) {
+        err(
+            "local_csms.heartbeat_interval_s".into(),
+            format!(
+                "{hb} is outside {}..={}",
+                HEARTBEAT_RANGE.start(),
+                HEARTBEAT_RANGE.end()
+            ),
+        );
+    }
+
+    for tag in config.auth.local_list.keys() {
+        if tag.is_empty() || tag.len() > MAX_ID_TAG_LEN {
+            err(
+                key_path("auth.local_list", tag),
+                format!("idTag must be 1..={MAX_ID_TAG_LEN} bytes"),
+            );
+        }
+    }
+
+    for (id, charger) in &config.chargers {
+        let path = key_path("chargers", id);
+        if let Err(m) = valid_charger_id(id, &config.node.id) {
+            err(path.clone(), m.into());
+        }
+        if let Some(hash) = &charger.password_hash {
+            // Never echo the hash itself: it is a secret-derived value.
+            if let Err(e) = argon2::PasswordHash::new(hash) {
+                err(
+                    format!("{path}.password_hash"),
+                    format!("not a valid PHC password hash ({e}); use `ocpp-node hash-password`"),
+                );
+            }
+        }
+    }
+    errors
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A syntactically valid argon2id PHC string, shaped like `ocpp-node hash-password` output.
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+
+    fn errors(text: &str) -> Vec<(String, String)> {
+        match Config::parse(text) {
+            Ok(c) => panic!("expected errors, got {c:?}"),
+            Err(e) => e.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    fn paths(text: &str) -> Vec<String> {
+        errors(text).into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn embedded_default_parses_to_the_documented_defaults() {
+        let c = Config::embedded_default();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.node.id, "local-controller");
+        assert_eq!(c.node.role, Role::LocalController);
+        assert_eq!(c.node.data_dir, PathBuf::from("ocpp-node-data"));
+        assert_eq!(c.listener.len(), 1);
+        let l = &c.listener[0];
+        assert_eq!(l.name, "chargers");
+        assert_eq!(l.bind, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(l.path, "/ocpp");
+        assert_eq!(l.security_profile, 0);
+        assert_eq!(l.subprotocols, OcppVersion::ALL.to_vec());
+        assert_eq!(l.missing_subprotocol, MissingSubprotocol::AssumeOcpp16);
+        assert_eq!(l.max_frame_bytes, 1_048_576);
+        assert_eq!(l.upgrade_timeout_s, 10);
+        assert_eq!(c.admin.bind, "127.0.0.1:9800".parse().unwrap());
+        assert!(c.admin.enabled);
+        assert_eq!(c.local_csms.heartbeat_interval_s, 300);
+        assert_eq!(c.auth.unknown_id_tag, AuthStatus::Invalid);
+        assert!(c.auth.local_list.is_empty());
+        assert!(c.chargers.is_empty());
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_valid_config_parses_with_its_values() {
+        let text = format!(
+            r#"
+            [node]
+            id = "site-7"
+            role = "local-controller"
+            data_dir = "/var/lib/ocpp-node"
+
+            [[listener]]
+            name = "plain"
+            bind = "127.0.0.1:0"
+            path = "/"
+            security_profile = 0
+            subprotocols = ["ocpp2.1", "ocpp1.6"]
+            missing_subprotocol = "refuse"
+            max_frame_bytes = 2048
+            upgrade_timeout_s = 300
+
+            [[listener]]
+            name = "basic"
+            bind = "[::1]:9001"
+            security_profile = 1
+
+            [admin]
+            bind = "127.0.0.1:0"
+            enabled = false
+
+            [local_csms]
+            heartbeat_interval_s = 60
+
+            [auth]
+            unknown_id_tag = "Blocked"
+            [auth.local_list]
+            "TAG-1" = "Accepted"
+            "TAG 2" = "Expired"
+
+            [chargers."CP-1"]
+            password_hash = "{HASH}"
+            [chargers."CP 2"]
+            "#
+        );
+        let c = Config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.node.id, "site-7");
+        assert_eq!(c.node.data_dir, PathBuf::from("/var/lib/ocpp-node"));
+        assert_eq!(c.listener.len(), 2);
+        let l = &c.listener[0];
+        assert_eq!(l.name, "plain");
+        assert_eq!(l.bind, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(l.path, "/");
+        assert_eq!(l.subprotocols, vec![OcppVersion::V21, OcppVersion::V16]);
+        assert_eq!(l.missing_subprotocol, MissingSubprotocol::Refuse);
+        assert_eq!(l.max_frame_bytes, 2048);
+        assert_eq!(l.upgrade_timeout_s, 300);
+        let l = &c.listener[1];
+        assert_eq!(l.name, "basic");
+        assert_eq!(l.bind, "[::1]:9001".parse().unwrap());
+        assert_eq!(l.path, "/ocpp");
+        assert_eq!(l.security_profile, 1);
+        assert_eq!(l.subprotocols, OcppVersion::ALL.to_vec());
+        assert_eq!(c.admin.bind, "127.0.0.1:0".parse().unwrap());
+        assert!(!c.admin.enabled);
+        assert_eq!(c.local_csms.heartbeat_interval_s, 60);
+        assert_eq!(c.auth.unknown_id_tag, AuthStatus::Blocked);
+        assert_eq!(c.auth.local_list["TAG-1"], AuthStatus::Accepted);
+        assert_eq!(c.auth.local_list["TAG 2"].as_str(), "Expired");
+        assert_eq!(c.chargers["CP-1"].password_hash.as_deref(), Some(HASH));
+        assert_eq!(c.chargers["CP 2"].password_hash, None);
+    }
+
+    #[test]
+    fn reports_all_type_errors_with_their_paths() {
+        let errs = errors(
+            r#"
+            [node]
+            colour = "blue"
+
+            [[listener]]
+            security_profile = "one"
+            bind = "not-an-address"
+            "#,
+        );
+        let got: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "listener[0].bind",
+                "listener[0].security_profile",
+                "node.colour"
+            ],
+            "{errs:?}"
+        );
+        let msg = |p: &str| &errs.iter().find(|(q, _)| q == p).unwrap().1;
+        assert!(msg("node.colour").contains("unknown field"), "{errs:?}");
+        assert!(msg("listener[0].security_profile").contains("invalid type"));
+    }
+
+    #[test]
+    fn bad_enum_values_and_unknown_sections_are_reported_and_skipped() {
+        let errs = paths(
+            r#"
+            bogus = 1
+            [node]
+            role = "router"
+            [listener_extra]
+            x = 1
+            [[listener]]
+            missing_subprotocol = "guess"
+            subprotocols = ["ocpp1.6", "ocpp9", "ocpp2.1", 5]
+            [auth]
+            unknown_id_tag = "Maybe"
+            [auth.local_list]
+            "TAG-1" = "Accepted"
+            "TAG-2" = "Sure"
+            [chargers."CP-1"]
+            password = "x"
+            "#,
+        );
+        let mut sorted = errs.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "auth.local_list.TAG-2",
+                "auth.unknown_id_tag",
+                "bogus",
+                "chargers.CP-1.password",
+                "listener[0].missing_subprotocol",
+                "listener[0].subprotocols[1]",
+                "listener[0].subprotocols[3]",
+                "listener_extra",
+                "node.role",
+            ],
+        );
+    }
+
+    #[test]
+    fn removed_array_entries_keep_the_operators_numbering() {
+        // listener[0] is not a table and gets dropped; the next listener's error must still
+        // say listener[1], in deserialization and in semantic checks alike.
+        let errs = paths(
+            r#"
+            listener = [5, { name = "a", max_frame_bytes = "big" }, { name = "a", path = "x" }]
+            "#,
+        );
+        assert_eq!(
+            errs,
+            [
+                "listener[0]",
+                "listener[1].max_frame_bytes",
+                "listener[2].name",
+                "listener[2].bind",
+                "listener[2].path",
+            ]
+        );
+    }
+
+    #[test]
+    fn listener_table_instead_of_array_gets_a_hint() {
+        let errs = errors("[listener]\nname = \"x\"\n");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "listener");
+        assert!(errs[0].1.contains("[[listener]]"), "{errs:?}");
+    }
+
+    #[test]
+    fn syntax_error_is_one_file_level_error_with_position() {
+        let errs = Config::parse("[node]\nid = \n").unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "");
+        assert!(errs[0].message.contains("line 2"), "{}", errs[0]);
+        // No "path: " prefix for file-level errors.
+        assert_eq!(errs[0].to_string(), errs[0].message);
+    }
+
+    #[test]
+    fn error_display_is_path_colon_message() {
+        let e = ConfigError::new("listener[1].bind", "bad");
+        assert_eq!(e.to_string(), "listener[1].bind: bad");
+    }
+
+    #[test]
+    fn load_reports_read_errors() {
+        let errs = Config::load(Path::new("/nonexistent/ocpp-node.toml")).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0]
+                .message
+                .contains("cannot read /nonexistent/ocpp-node.toml")
+        );
+    }
+
+    #[test]
+    fn load_reads_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "[local_csms]\nheartbeat_interval_s = 42\n").unwrap();
+        assert_eq!(
+            Config::load(&file).unwrap().local_csms.heartbeat_interval_s,
+            42
+        );
+    }
+
+    #[test]
+    fn node_id_rules() {
+        for (id, _) in [
+            ("", "empty"),
+            ("a:b", "colon"),
+            ("CSMS", "reserved"),
+            ("*", "reserved"),
+            (&"x".repeat(49), "long"),
+        ] {
+            let text = format!("[node]\nid = {id:?}\n");
+            assert_eq!(paths(&text), ["node.id"], "{id:?}");
+        }
+        let ok = format!("[node]\nid = {:?}\n", "x".repeat(48));
+        assert!(Config::parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn unimplemented_roles_are_refused() {
+        for role in ["edge", "hub"] {
+            let errs = errors(&format!("[node]\nrole = {role:?}\n"));
+            assert_eq!(errs.len(), 1);
+            assert_eq!(errs[0].0, "node.role");
+            assert!(errs[0].1.contains("not implemented in this build"));
+        }
+    }
+
+    #[test]
+    fn charger_id_rules() {
+        assert_eq!(valid_charger_id("CP-1", "node"), Ok(()));
+        assert_eq!(valid_charger_id(&"é".repeat(48), "node"), Ok(()));
+        for bad in ["", "a:b", "a/b", "CSMS", "*", "node"] {
+            assert!(valid_charger_id(bad, "node").is_err(), "{bad:?}");
+        }
+        assert!(valid_charger_id(&"x".repeat(49), "node").is_err());
+
+        let errs = paths(
+            r#"
+            [node]
+            id = "site"
+            [chargers."CP:1"]
+            [chargers.CSMS]
+            [chargers.site]
+            [chargers."a/b"]
+            [chargers.ok]
+            "#,
+        );
+        let mut sorted = errs.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "chargers.\"CP:1\"",
+                "chargers.\"a/b\"",
+                "chargers.CSMS",
+                "chargers.site"
+            ]
+        );
+    }
+
+    #[test]
+    fn password_hash_must_be_a_phc_string() {
+        let errs = errors("[chargers.CP-1]\npassword_hash = \"secret\"\n");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "chargers.CP-1.password_hash");
+        assert!(!errs[0].1.contains("secret"), "must not echo the value");
+    }
+
+    #[test]
+    fn listener_semantic_checks() {
+        let cases: &[(&str, &str)] = &[
+            (r#"path = "ocpp""#, "listener[0].path"),
+            (r#"path = "/ocpp/""#, "listener[0].path"),
+            (r#"path = "/o cpp""#, "listener[0].path"),
+            (r#"path = "/ocpp?x""#, "listener[0].path"),
+            ("security_profile = 2", "listener[0].security_profile"),
+            ("security_profile = 3", "listener[0].security_profile"),
+            ("security_profile = 4", "listener[0].security_profile"),
+            ("security_profile = 1", "listener[0].security_profile"),
+            ("subprotocols = []", "listener[0].subprotocols"),
+            (
+                r#"subprotocols = ["ocpp1.6", "ocpp1.6"]"#,
+                "listener[0].subprotocols[1]",
+            ),
+            ("max_frame_bytes = 1023", "listener[0].max_frame_bytes"),
+            ("max_frame_bytes = 67108865", "listener[0].max_frame_bytes"),
+            ("upgrade_timeout_s = 0", "listener[0].upgrade_timeout_s"),
+            ("upgrade_timeout_s = 301", "listener[0].upgrade_timeout_s"),
+            (r#"name = """#, "listener[0].name"),
+            (r#"name = "a b""#, "listener[0].name"),
+            (r#"bind = "0.0.0.0:9800""#, "listener[0].bind"),
+            (r#"bind = "127.0.0.1:9800""#, "listener[0].bind"),
+        ];
+        for (line, path) in cases {
+            let text = format!("[[listener]]\n{line}\n");
+            assert_eq!(paths(&text), [*path], "{line}");
+        }
+        let errs = errors("[[listener]]\nsecurity_profile = 2\n");
+        assert!(errs[0].1.contains("not available in this build yet"));
+        let errs = errors("[[listener]]\nsecurity_profile = 1\n");
+        assert!(
+            errs[0]
+                .1
+                .contains("needs at least one [chargers.<id>] password_hash")
+        );
+
+        // Profile 1 is fine once a charger has a hash; the bounds themselves are accepted.
+        let ok = format!(
+            "[[listener]]\nsecurity_profile = 1\nmax_frame_bytes = 67108864\n\
+             upgrade_timeout_s = 1\n[chargers.CP-1]\npassword_hash = \"{HASH}\"\n"
+        );
+        assert!(Config::parse(&ok).is_ok());
+        // The admin port is free when the admin API is off.
+        assert!(Config::parse("[admin]\nenabled = false\nbind = \"0.0.0.0:9000\"\n").is_ok());
+    }
+
+    #[test]
+    fn listeners_must_have_distinct_names_and_addresses() {
+        let errs = paths(
+            r#"
+            [[listener]]
+            name = "a"
+            bind = "0.0.0.0:9000"
+            [[listener]]
+            name = "a"
+            bind = "127.0.0.1:9001"
+            [[listener]]
+            name = "b"
+            bind = "127.0.0.1:9000"
+            [[listener]]
+            name = "c"
+            bind = "127.0.0.1:0"
+            [[listener]]
+            name = "d"
+            bind = "127.0.0.1:0"
+            [[listener]]
+            name = "e"
+            bind = "[::1]:9000"
+            [[listener]]
+            name = "f"
+            bind = "[::]:9002"
+            "#,
+        );
+        assert_eq!(errs, ["listener[1].name", "listener[2].bind"]);
+        // `[::]` is dual-stack, so it takes the IPv4 port as well.
+        let errs =
+            paths("[[listener]]\nname = \"a\"\n[[listener]]\nname = \"b\"\nbind = \"[::]:9000\"\n");
+        assert_eq!(errs, ["listener[1].bind"]);
+        assert_eq!(paths("listener = []\n"), ["listener"]);
+    }
+
+    #[test]
+    fn other_semantic_checks() {
+        assert_eq!(
+            paths("[local_csms]\nheartbeat_interval_s = 0\n"),
+            ["local_csms.heartbeat_interval_s"]
+        );
+        assert_eq!(
+            paths("[local_csms]\nheartbeat_interval_s = 86401\n"),
+            ["local_csms.heartbeat_interval_s"]
+        );
+        let long = "T".repeat(37);
+        assert_eq!(
+            paths(&format!(
+                "[auth.local_list]\n{long} = \"Accepted\"\n\"\" = \"Blocked\"\n"
+            )),
+            [
+                "auth.local_list.\"\"",
+                format!("auth.local_list.{long}").as_str()
+            ]
+        );
+        assert_eq!(paths("[node]\ndata_dir = \"\"\n"), ["node.data_dir"]);
+    }
+}

@@ -1,0 +1,208 @@
+//! The node acting as a minimal central system for its chargers (standalone local controller).
+//!
+//! Payloads arrive already validated against their OCA schema, so required fields are present
+//! and typed; the handlers only read them. Each answer is the smallest valid response of the
+//! action's version. Transaction-bearing messages are answered only after the store has them on
+//! disk.
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Value, json};
+use wire::OcppVersion;
+
+use crate::config::AuthStatus;
+use crate::state::Node;
+use crate::store::StoreError;
+use crate::transactions::{self, Start16};
+
+/// The charger a message came from, as authenticated at the upgrade.
+pub struct Charger<'a> {
+    pub id: &'a str,
+    pub version: OcppVersion,
+}
+
+pub enum Outcome {
+    Reply(Value),
+    /// A valid action of this version that a local controller does not serve (→ NotSupported).
+    NotHandled,
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Routine notifications that only need their (empty) confirmation.
+const NOTIFICATIONS_16: &[&str] = &[
+    "StatusNotification",
+    "SecurityEventNotification",
+    "FirmwareStatusNotification",
+    "DiagnosticsStatusNotification",
+    "SignedFirmwareStatusNotification",
+    "LogStatusNotification",
+];
+const NOTIFICATIONS_2X: &[&str] = &[
+    "StatusNotification",
+    "SecurityEventNotification",
+    "FirmwareStatusNotification",
+    "LogStatusNotification",
+    "NotifyEvent",
+    "NotifyReport",
+    "NotifyChargingLimit",
+    "ReportChargingProfiles",
+    "NotifyMonitoringReport",
+    "ClearedChargingLimit",
+];
+
+pub async fn handle(
+    node: &Node,
+    cs: &Charger<'_>,
+    action: &str,
+    req: &Value,
+) -> Result<Outcome, StoreError> {
+    if cs.version == OcppVersion::V16 {
+        handle_16(node, cs, action, req).await
+    } else {
+        handle_2x(node, cs, action, req).await
+    }
+}
+
+fn auth_status(node: &Node, id_tag: &str) -> AuthStatus {
+    let auth = &node.config.auth;
+    auth.local_list
+        .get(id_tag)
+        .copied()
+        .unwrap_or(auth.unknown_id_tag)
+}
+
+fn interval(node: &Node) -> u32 {
+    node.config.local_csms.heartbeat_interval_s
+}
+
+async fn handle_16(
+    node: &Node,
+    cs: &Charger<'_>,
+    action: &str,
+    req: &Value,
+) -> Result<Outcome, StoreError> {
+    let reply = match action {
+        "BootNotification" => {
+            json!({"status": "Accepted", "currentTime": now(), "interval": interval(node)})
+        }
+        "Heartbeat" => json!({"currentTime": now()}),
+        "Authorize" => {
+            json!({"idTagInfo": {"status": auth_status(node, req["idTag"].as_str().unwrap_or_default()).as_str()}})
+        }
+        "StartTransaction" => {
+            let id_tag = req["idTag"].as_str().unwrap_or_default().to_owned();
+            let status = auth_status(node, &id_tag);
+            let (charger, timestamp) = (
+                cs.id.to_owned(),
+                req["timestamp"].as_str().unwrap_or_default().to_owned(),
+            );
+            let (connector_id, meter_start) = (
+                req["connectorId"].as_i64().unwrap_or(0),
+                req["meterStart"].as_i64().unwrap_or(0),
+            );
+            let id = node
+                .store
+                .write(move |w| {
+                    let start = Start16 {
+                        charger: &charger,
+                        connector_id,
+                        id_tag: &id_tag,
+                        timestamp: &timestamp,
+                        meter_start,
+                    };
+                    transactions::start_16(w, &start)
+                })
+                .await?;
+            node.metrics.transactions_started.inc();
+            json!({"transactionId": id, "idTagInfo": {"status": status.as_str()}})
+        }
+        "StopTransaction" => {
+            let charger = cs.id.to_owned();
+            let tx = req["transactionId"].as_i64().unwrap_or(0);
+            let timestamp = req["timestamp"].as_str().unwrap_or_default().to_owned();
+            let meter_stop = req["meterStop"].as_i64().unwrap_or(0);
+            let samples = req["transactionData"]
+                .as_array()
+                .map_or(0, |a| a.len() as u64);
+            node.store
+                .write(move |w| {
+                    transactions::stop_16(w, &charger, tx, &timestamp, meter_stop, samples)
+                })
+                .await?;
+            node.metrics.transactions_ended.inc();
+            match req["idTag"].as_str() {
+                Some(tag) => json!({"idTagInfo": {"status": auth_status(node, tag).as_str()}}),
+                None => json!({}),
+            }
+        }
+        "MeterValues" => {
+            let tx = req["transactionId"].as_i64().map(|t| t.to_string());
+            let connector = req["connectorId"].as_i64().unwrap_or(0);
+            store_meter_values(node, cs, connector, tx, req).await?;
+            json!({})
+        }
+        "DataTransfer" => json!({"status": "UnknownVendorId"}),
+        a if NOTIFICATIONS_16.contains(&a) => json!({}),
+        _ => return Ok(Outcome::NotHandled),
+    };
+    Ok(Outcome::Reply(reply))
+}
+
+async fn handle_2x(
+    node: &Node,
+    cs: &Charger<'_>,
+    action: &str,
+    req: &Value,
+) -> Result<Outcome, StoreError> {
+    let token_info = |token: &Value| json!({"status": auth_status(node, token["idToken"].as_str().unwrap_or_default()).as_str()});
+    let reply = match action {
+        "BootNotification" => {
+            json!({"status": "Accepted", "currentTime": now(), "interval": interval(node)})
+        }
+        "Heartbeat" => json!({"currentTime": now()}),
+        "Authorize" => json!({"idTokenInfo": token_info(&req["idToken"])}),
+        "TransactionEvent" => {
+            let (charger, version, ev) = (cs.id.to_owned(), cs.version.subprotocol(), req.clone());
+            let event_type = req["eventType"].as_str().unwrap_or_default();
+            node.store
+                .write(move |w| transactions::transaction_event(w, &charger, version, &ev))
+                .await?;
+            match event_type {
+                "Started" => node.metrics.transactions_started.inc(),
+                "Ended" => node.metrics.transactions_ended.inc(),
+                _ => {}
+            }
+            match req.get("idToken") {
+                Some(token) => json!({"idTokenInfo": token_info(token)}),
+                None => json!({}),
+            }
+        }
+        "MeterValues" => {
+            let evse = req["evseId"].as_i64().unwrap_or(0);
+            store_meter_values(node, cs, evse, None, req).await?;
+            json!({})
+        }
+        "DataTransfer" => json!({"status": "UnknownVendorId"}),
+        "NotifyEVChargingNeeds" => json!({"status": "Accepted"}),
+        a if NOTIFICATIONS_2X.contains(&a) => json!({}),
+        _ => return Ok(Outcome::NotHandled),
+    };
+    Ok(Outcome::Reply(reply))
+}
+
+async fn store_meter_values(
+    node: &Node,
+    cs: &Charger<'_>,
+    connector: i64,
+    tx: Option<String>,
+    req: &Value,
+) -> Result<(), StoreError> {
+    let (charger, version, payload) = (cs.id.to_owned(), cs.version.subprotocol(), req.clone());
+    node.store
+        .write(move |w| {
+            transactions::meter_values(w, &charger, version, connector, tx.as_deref(), &payload)
+        })
+        .await
+}

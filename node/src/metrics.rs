@@ -1,0 +1,72 @@
+//! Prometheus metrics. Every series used on the frame path is resolved once at startup, so
+//! counting a frame is one atomic add, never a label lookup behind a lock.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub chargers_connected: IntGauge,
+    pub frames_in: IntCounter,
+    pub frames_out: IntCounter,
+    pub frame_errors: IntCounter,
+    pub oversize_frames: IntCounter,
+    pub transactions_started: IntCounter,
+    pub transactions_ended: IntCounter,
+    handshakes_refused: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let chargers_connected =
+            IntGauge::new("ocpp_chargers_connected", "Chargers with an open WebSocket")?;
+        registry.register(Box::new(chargers_connected.clone()))?;
+        let handshakes_refused = IntCounterVec::new(
+            Opts::new(
+                "ocpp_handshakes_refused_total",
+                "WebSocket upgrades refused, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(handshakes_refused.clone()))?;
+        Ok(Metrics {
+            chargers_connected,
+            frames_in: counter(
+                "ocpp_frames_received_total",
+                "Text frames received from chargers",
+            )?,
+            frames_out: counter("ocpp_frames_sent_total", "Text frames sent to chargers")?,
+            frame_errors: counter(
+                "ocpp_frame_errors_total",
+                "Frames answered with a CALLERROR",
+            )?,
+            oversize_frames: counter(
+                "ocpp_oversize_frames_total",
+                "Connections closed for an oversize frame",
+            )?,
+            transactions_started: counter(
+                "ocpp_transactions_started_total",
+                "Transactions started",
+            )?,
+            transactions_ended: counter("ocpp_transactions_ended_total", "Transactions ended")?,
+            handshakes_refused,
+            registry,
+        })
+    }
+
+    /// Counts a refused upgrade. Off the frame path; `reason` is a fixed label set.
+    pub fn refused(&self, reason: &'static str) {
+        self.handshakes_refused.with_label_values(&[reason]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}

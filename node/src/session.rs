@@ -1,0 +1,257 @@
+//! One charger's WebSocket session on a local controller.
+//!
+//! Frames are handled in order, one at a time, which is what OCPP-J expects (one outstanding CALL
+//! per direction). A bad frame is answered with the CALLERROR of ARCHITECTURE §6.5 and the
+//! connection stays up; only a frame over the size limit ends it, with close code 1009.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use wire::text::{Body, Frame, decode_plain};
+use wire::{ErrorCode, Limits, OcppVersion};
+
+use crate::local_csms::{self, Charger, Outcome};
+use crate::schema::Direction;
+use crate::state::{Node, SessionInfo};
+
+/// How long a closing connection is drained before the socket is dropped. Draining (and
+/// discarding) lets the peer read our close frame instead of meeting a TCP reset.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+pub struct Session {
+    node: Arc<Node>,
+    charger_id: String,
+    version: OcppVersion,
+    limits: Limits,
+}
+
+enum Next {
+    Continue,
+    Close(CloseCode, &'static str),
+    Gone,
+}
+
+pub async fn run(
+    node: Arc<Node>,
+    listener: String,
+    max_frame_bytes: usize,
+    up: crate::handshake::Upgraded,
+    remote: std::net::SocketAddr,
+) {
+    let conn_id = node.next_conn_id();
+    let replaced = Arc::new(Notify::new());
+    let info = SessionInfo {
+        conn_id,
+        version: up.version,
+        remote,
+        listener,
+        connected_at: chrono::Utc::now(),
+        replaced: replaced.clone(),
+    };
+    if let Some(old) = node.sessions.insert(up.charger_id.clone(), info) {
+        tracing::info!(charger = %up.charger_id, "a newer connection replaces the open one");
+        old.replaced.notify_one();
+    } else {
+        node.metrics.chargers_connected.inc();
+    }
+    tracing::info!(charger = %up.charger_id, version = %up.version, %remote, "charger connected");
+
+    let session = Session {
+        node: node.clone(),
+        charger_id: up.charger_id.clone(),
+        version: up.version,
+        limits: Limits {
+            max_frame_bytes,
+            ..Limits::default()
+        },
+    };
+    let mut ws = up.ws;
+    let outcome = loop {
+        let next = tokio::select! {
+            msg = ws.next() => session.on_message(&mut ws, msg).await,
+            _ = replaced.notified() => Next::Close(CloseCode::Policy, "replaced by a newer connection"),
+        };
+        match next {
+            Next::Continue => {}
+            other => break other,
+        }
+    };
+    if let Next::Close(code, reason) = outcome {
+        close(ws, code, reason).await;
+    }
+    if node
+        .sessions
+        .remove_if(&up.charger_id, |_, s| s.conn_id == conn_id)
+        .is_some()
+    {
+        node.metrics.chargers_connected.dec();
+    }
+    tracing::info!(charger = %up.charger_id, "charger disconnected");
+}
+
+impl Session {
+    async fn on_message(
+        &self,
+        ws: &mut WebSocketStream<TcpStream>,
+        msg: Option<Result<Message, WsError>>,
+    ) -> Next {
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                self.node.metrics.frames_in.inc();
+                let Some(reply) = self.on_text(text.as_str()).await else {
+                    return Next::Continue;
+                };
+                self.node.metrics.frames_out.inc();
+                match ws.send(Message::text(reply)).await {
+                    Ok(()) => Next::Continue,
+                    Err(_) => Next::Gone,
+                }
+            }
+            Some(Ok(Message::Binary(_))) => {
+                tracing::warn!(charger = %self.charger_id, "binary frame from a plain charger; closing");
+                Next::Close(
+                    CloseCode::Unsupported,
+                    "binary frames are not part of OCPP-J",
+                )
+            }
+            Some(Ok(Message::Close(_))) | None => Next::Gone,
+            Some(Ok(_)) => Next::Continue, // ping/pong: tungstenite answers pings itself
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                self.node.metrics.oversize_frames.inc();
+                tracing::warn!(charger = %self.charger_id, size, max_size, "frame over the size limit; closing with 1009");
+                Next::Close(CloseCode::Size, "frame exceeds the size limit")
+            }
+            Some(Err(e)) => {
+                tracing::info!(charger = %self.charger_id, error = %e, "connection error");
+                Next::Gone
+            }
+        }
+    }
+
+    /// Answers one text frame; `None` when it needs no answer (results, SEND).
+    async fn on_text(&self, text: &str) -> Option<String> {
+        let frame = match decode_plain(text, &self.limits) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::info!(charger = %self.charger_id, error = %e, "malformed frame");
+                return Some(self.error(e.reply_id(), e.error_code(), &e.to_string()));
+            }
+        };
+        let message_type = frame.message_type();
+        if !message_type.allowed_in(self.version) {
+            let why = format!(
+                "message type {} does not exist in {}",
+                message_type.number(),
+                self.version
+            );
+            return Some(self.error(&frame.id, ErrorCode::MessageTypeNotSupported, &why));
+        }
+        match &frame.body {
+            Body::Call { action, payload } => {
+                Some(self.on_call(&frame.id, action, payload.get()).await)
+            }
+            Body::Send { action, payload } => {
+                if let Err(code_why) = self.check_payload(action, payload.get()) {
+                    tracing::info!(charger = %self.charger_id, action = %action, "invalid SEND dropped: {}", code_why.1);
+                }
+                None
+            }
+            // The local controller sends no CALLs yet, so any result is unsolicited.
+            _ => {
+                tracing::debug!(charger = %self.charger_id, id = %frame.id, "unsolicited response ignored");
+                None
+            }
+        }
+    }
+
+    async fn on_call(&self, id: &str, action: &str, payload: &str) -> String {
+        if !self.node.schemas.knows(self.version, action) {
+            return self.error(
+                id,
+                ErrorCode::NotImplemented,
+                &format!("unknown action {action:?} in {}", self.version),
+            );
+        }
+        let request = match self.check_payload(action, payload) {
+            Ok(v) => v,
+            Err((code, why)) => return self.error(id, code, &why),
+        };
+        let cs = Charger {
+            id: &self.charger_id,
+            version: self.version,
+        };
+        match local_csms::handle(&self.node, &cs, action, &request).await {
+            Ok(Outcome::Reply(response)) => {
+                debug_assert_eq!(
+                    self.node.schemas.validate(
+                        self.version,
+                        Direction::Response,
+                        action,
+                        &response
+                    ),
+                    Ok(()),
+                    "{action} response must match its schema"
+                );
+                match serde_json::value::to_raw_value(&response) {
+                    Ok(raw) => Frame::result(id, &raw).to_plain_string(),
+                    Err(e) => self.error(id, ErrorCode::InternalError, &e.to_string()),
+                }
+            }
+            Ok(Outcome::NotHandled) => self.error(
+                id,
+                ErrorCode::NotSupported,
+                &format!("{action} is not supported by this node"),
+            ),
+            Err(e) => {
+                tracing::error!(charger = %self.charger_id, action, error = %e, "could not record the message");
+                self.error(
+                    id,
+                    ErrorCode::InternalError,
+                    "the node could not record this message; retry",
+                )
+            }
+        }
+    }
+
+    fn check_payload(&self, action: &str, payload: &str) -> Result<Value, (ErrorCode, String)> {
+        let value: Value = serde_json::from_str(payload)
+            .map_err(|e| (ErrorCode::FormatViolation, e.to_string()))?;
+        self.node
+            .schemas
+            .validate(self.version, Direction::Request, action, &value)
+            .map_err(|v| (v.code, v.message))?;
+        Ok(value)
+    }
+
+    fn error(&self, id: &str, code: ErrorCode, description: &str) -> String {
+        self.node.metrics.frame_errors.inc();
+        Frame::error(id, code.spelling(self.version), description).to_plain_string()
+    }
+}
+
+/// Sends a close frame, then reads and discards whatever the peer still sends for a short,
+/// bounded time, so that the close frame is delivered rather than lost to a TCP reset.
+async fn close(mut ws: WebSocketStream<TcpStream>, code: CloseCode, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_DRAIN, ws.send(Message::Close(Some(frame)))).await;
+    let tcp = ws.get_mut();
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}

@@ -1,0 +1,241 @@
+//! Runs the real `ocpp-node` binary for end-to-end tests: every node listens on 127.0.0.1:0
+//! and announces its ports with `listening <name> <url>` lines, so tests run in parallel.
+#![allow(dead_code)] // each test binary uses a different part of this harness
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ocpp-node");
+
+pub struct NodeProc {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub charger_url: String,
+    pub admin_url: String,
+    config: PathBuf,
+}
+
+/// A config for tests: loopback, ephemeral ports, data in the test's temp dir. `extra` is
+/// appended (more sections) and `listener_extra` goes into the `[[listener]]` table.
+pub fn config(dir: &Path, listener_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[node]
+id = "lc-test"
+data_dir = "{data}"
+
+[[listener]]
+name = "chargers"
+bind = "127.0.0.1:0"
+{listener_extra}
+
+[admin]
+bind = "127.0.0.1:0"
+
+[auth]
+unknown_id_tag = "Invalid"
+[auth.local_list]
+"TAG-OK" = "Accepted"
+{extra}
+"#,
+        data = dir.join("data").display()
+    )
+}
+
+impl NodeProc {
+    pub fn start(listener_extra: &str, extra: &str) -> NodeProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, config_text(dir.path(), listener_extra, extra))
+            .expect("write config");
+        let (child, charger_url, admin_url) = spawn(&config, dir.path());
+        NodeProc {
+            dir,
+            child,
+            charger_url,
+            admin_url,
+            config,
+        }
+    }
+
+    /// SIGKILL, then start again on the same config and data directory.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+        let (child, charger_url, admin_url) = spawn(&self.config, self.dir.path());
+        self.child = child;
+        self.charger_url = charger_url;
+        self.admin_url = admin_url;
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        http_get_json(&self.admin_url, path)
+    }
+
+    /// Peak resident memory of the node process, in KiB (Linux VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+fn config_text(dir: &Path, listener_extra: &str, extra: &str) -> String {
+    config(dir, listener_extra, extra)
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config: &Path, dir: &Path) -> (Child, String, String) {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stderr.log"))
+        .expect("stderr log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn ocpp-node");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut chargers, mut admin) = (None, None);
+    while chargers.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "node did not announce its listeners; stderr:\n{}",
+                    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+                )
+            });
+        if let Some(url) = line.strip_prefix("listening chargers ") {
+            chargers = Some(url.to_owned());
+        } else if let Some(url) = line.strip_prefix("listening admin ") {
+            admin = Some(url.to_owned());
+        }
+    }
+    (
+        child,
+        chargers.unwrap_or_default(),
+        admin.unwrap_or_default(),
+    )
+}
+
+pub fn http_get_json(base: &str, path: &str) -> serde_json::Value {
+    serde_json::from_str(&http_get_text(base, path)).expect("json body")
+}
+
+pub fn http_get_text(base: &str, path: &str) -> String {
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).expect("connect admin");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// Opens a charger connection; `Err` carries the HTTP status of a refused upgrade.
+pub async fn connect(
+    url: &str,
+    id: &str,
+    protocols: Option<&str>,
+    basic: Option<(&str, &str)>,
+) -> Result<Ws, u16> {
+    connect_with(url, id, protocols, basic, &[]).await
+}
+
+pub async fn connect_with(
+    url: &str,
+    id: &str,
+    protocols: Option<&str>,
+    basic: Option<(&str, &str)>,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, u16> {
+    let mut req = format!("{url}/{id}")
+        .into_client_request()
+        .expect("request");
+    if let Some(p) = protocols {
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(p).expect("header"),
+        );
+    }
+    if let Some((user, pw)) = basic {
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        );
+        req.headers_mut()
+            .insert("Authorization", HeaderValue::from_str(&v).expect("header"));
+    }
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(*k, HeaderValue::from_str(v).expect("header"));
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
+/// Sends one text frame and returns the next text frame received, parsed.
+pub async fn call(ws: &mut Ws, frame: &str) -> serde_json::Value {
+    ws.send(Message::text(frame.to_owned()))
+        .await
+        .expect("send");
+    recv(ws).await
+}
+
+pub async fn recv(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("reply within 20 s")
+            .expect("connection open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(t.as_str()).expect("reply is JSON");
+        }
+    }
+}
