@@ -169,6 +169,8 @@ def pytest_runtest_call(item):
             item.add_report_section("call", "ocpp frame problems", "\n".join(problems))
         raise
     problems, transcript = _frame_report(item)
+    if transcript:  # shown for passed tests with `-rP`
+        item.add_report_section("call", "ocpp frames", transcript)
     if problems:
         raise AssertionError(
             "the node sent frames that break the OCA schemas / OCPP-J rules:\n  - "

@@ -549,3 +549,48 @@ class RecordingConnection:
 
     async def close(self, *a, **kw):
         await self.ws.close(*a, **kw)
+
+
+# ---------------------------------------------------------------------------
+# Small helpers for tests
+# ---------------------------------------------------------------------------
+
+
+def now_iso() -> str:
+    """UTC now as RFC 3339 with milliseconds and Z."""
+    import datetime as _dt
+    t = _dt.datetime.now(_dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def wait_for_transaction(admin_url: str, charger_id: str, transaction_id: str,
+                         status: str | None = None, timeout: float = 10.0) -> dict:
+    """Poll GET /api/transactions until the transaction is listed (with ``status``, if given)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = http_get_json(f"{admin_url}/api/transactions")
+        assert isinstance(last, dict) and isinstance(last.get("transactions"), list), (
+            f"GET /api/transactions: want {{\"transactions\": [...]}}, got {last!r}")
+        for tx in last["transactions"]:
+            if tx.get("chargerId") == charger_id and tx.get("transactionId") == transaction_id:
+                if status is None or tx.get("status") == status:
+                    return tx
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"transaction {transaction_id!r} of {charger_id!r}"
+                f"{' with status ' + status if status else ''} not in GET /api/transactions "
+                f"after {timeout:.0f}s; last answer: {json.dumps(last)[:2000]}")
+        time.sleep(0.2)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Like a server's bind: TIME_WAIT leftovers of an earlier run do not count as "in use".
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

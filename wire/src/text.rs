@@ -194,7 +194,7 @@ impl OverlayFrame<'_> {
         self.frame.write_body(out);
     }
 
-    pub fn to_string(&self) -> String {
+    pub fn to_text(&self) -> String {
         let hint = self.frame.encoded_len_hint() + 32 * (self.dest.len() + self.path.len());
         let mut out = String::with_capacity(hint);
         self.encode(&mut out);

@@ -47,7 +47,7 @@ fn overlay_roundtrips_with_string_and_array_routes() {
         path,
         frame: Frame::call("u1", "Heartbeat", p),
     };
-    let s = f.to_string();
+    let s = f.to_text();
     assert_eq!(s, r#"[2,"CSMS",["CP1","edge-1"],"u1","Heartbeat",{}]"#);
     assert_eq!(decode_overlay(&s, &limits()).unwrap(), f);
 }

@@ -1,0 +1,240 @@
+//! `ocpp-sim charger`: N simulated charging stations, each on its own connection.
+//!
+//! Each charger boots, sends heartbeats, reports its connector Available, authorizes its id tag
+//! and runs K transactions with M meter values each, waiting for every answer. Any CALLERROR, a
+//! rejected boot or id tag, or a lost connection fails that charger; the others carry on.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use wire::OcppVersion;
+
+use crate::payloads::{v16, v201};
+use crate::session::{Session, Stats};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Base WebSocket URL; charger i connects to `<url>/<id-prefix><i>`.
+    #[arg(long)]
+    url: String,
+    /// Number of chargers, numbered from 1.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// OCPP version: 1.6 or 2.0.1.
+    #[arg(long, value_parser = parse_version, default_value = "1.6")]
+    version: OcppVersion,
+    #[arg(long, default_value = "SIM-")]
+    id_prefix: String,
+    /// Transactions per charger.
+    #[arg(long, default_value_t = 1)]
+    transactions: u32,
+    /// Meter values per transaction (between start and stop).
+    #[arg(long, default_value_t = 1)]
+    meter_values: u32,
+    /// Heartbeats per charger, sent after the boot.
+    #[arg(long, default_value_t = 1)]
+    heartbeats: u32,
+    /// Basic-auth password (security profile 1/2); the user name is the charger id.
+    #[arg(long)]
+    password: Option<String>,
+    /// The id tag (1.6) or ISO14443 id token (2.0.1) to authorize and charge with.
+    #[arg(long, default_value = "TAG-OK")]
+    id_tag: String,
+    /// Seconds to wait for each answer (and for the connection).
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Seconds to stay connected after the script, answering CSMS-initiated calls.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+}
+
+fn parse_version(s: &str) -> Result<OcppVersion, String> {
+    match s.trim_start_matches("ocpp") {
+        "1.6" => Ok(OcppVersion::V16),
+        "2.0.1" => Ok(OcppVersion::V201),
+        _ => Err(format!(
+            "unsupported OCPP version {s:?} (supported: 1.6, 2.0.1)"
+        )),
+    }
+}
+
+/// The outcome of one charger.
+struct Outcome {
+    id: String,
+    stats: Stats,
+    error: Option<anyhow::Error>,
+}
+
+/// Runs all chargers and prints the JSON summary line. Returns whether every charger succeeded.
+pub async fn run(args: Args) -> Result<bool> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 1..=args.count {
+        let args = args.clone();
+        tasks.spawn(async move { run_one(&args, i).await });
+    }
+    let mut total = Stats::default();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = match joined {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome {
+                id: "?".into(),
+                stats: Stats::default(),
+                error: Some(anyhow::anyhow!("charger task panicked: {e}")),
+            },
+        };
+        total.calls += outcome.stats.calls;
+        total.errors += outcome.stats.errors;
+        total.answered += outcome.stats.answered;
+        match outcome.error {
+            None => ok += 1,
+            Some(e) => {
+                failed += 1;
+                tracing::error!(charger = %outcome.id, "failed: {e:#}");
+            }
+        }
+    }
+    let summary = json!({
+        "chargers": args.count,
+        "ok": ok,
+        "failed": failed,
+        "calls": total.calls,
+        "errors": total.errors,
+        "answered": total.answered,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    });
+    println!("{summary}");
+    Ok(failed == 0)
+}
+
+async fn run_one(args: &Args, index: u32) -> Outcome {
+    let id = format!("{}{index}", args.id_prefix);
+    let url = format!("{}/{id}", args.url.trim_end_matches('/'));
+    let timeout = Duration::from_secs(args.timeout);
+    let mut session =
+        match Session::connect(&url, &id, args.version, args.password.as_deref(), timeout).await {
+            Ok(session) => session,
+            Err(error) => {
+                return Outcome {
+                    id,
+                    stats: Stats::default(),
+                    error: Some(error),
+                };
+            }
+        };
+    let mut result = match args.version {
+        OcppVersion::V16 => script_v16(&mut session, args, &id).await,
+        _ => script_v201(&mut session, args, &id).await,
+    };
+    if result.is_ok() && args.hold > 0 {
+        result = session.serve_for(Duration::from_secs(args.hold)).await;
+    }
+    let stats = session.stats;
+    session.close().await;
+    tracing::debug!(charger = %id, ?stats, "done");
+    Outcome {
+        id,
+        stats,
+        error: result.err(),
+    }
+}
+
+/// `.field` of an answer as a string, for status checks.
+fn field<'a>(answer: &'a Value, pointer: &str) -> &'a str {
+    answer
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+async fn script_v16(s: &mut Session, args: &Args, id: &str) -> Result<()> {
+    let boot = s
+        .call("BootNotification", &v16::boot_notification(id))
+        .await?;
+    if field(&boot, "/status") != "Accepted" {
+        bail!("BootNotification not accepted: {boot}");
+    }
+    for _ in 0..args.heartbeats {
+        s.call("Heartbeat", &json!({})).await?;
+    }
+    s.call(
+        "StatusNotification",
+        &v16::status_notification(1, "Available"),
+    )
+    .await?;
+    let auth = s.call("Authorize", &v16::authorize(&args.id_tag)).await?;
+    if field(&auth, "/idTagInfo/status") != "Accepted" {
+        bail!("idTag {} not accepted: {auth}", args.id_tag);
+    }
+    let mut meter: i64 = 0;
+    for _ in 0..args.transactions {
+        let start = s
+            .call(
+                "StartTransaction",
+                &v16::start_transaction(1, &args.id_tag, meter),
+            )
+            .await?;
+        let Some(transaction_id) = start.get("transactionId").and_then(Value::as_i64) else {
+            bail!("StartTransaction answer has no integer transactionId: {start}");
+        };
+        for _ in 0..args.meter_values {
+            meter += 1000;
+            s.call("MeterValues", &v16::meter_values(1, transaction_id, meter))
+                .await?;
+        }
+        meter += 500;
+        s.call(
+            "StopTransaction",
+            &v16::stop_transaction(transaction_id, &args.id_tag, meter),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn script_v201(s: &mut Session, args: &Args, id: &str) -> Result<()> {
+    let boot = s
+        .call("BootNotification", &v201::boot_notification(id))
+        .await?;
+    if field(&boot, "/status") != "Accepted" {
+        bail!("BootNotification not accepted: {boot}");
+    }
+    for _ in 0..args.heartbeats {
+        s.call("Heartbeat", &json!({})).await?;
+    }
+    s.call(
+        "StatusNotification",
+        &v201::status_notification(1, 1, "Available"),
+    )
+    .await?;
+    let auth = s.call("Authorize", &v201::authorize(&args.id_tag)).await?;
+    if field(&auth, "/idTokenInfo/status") != "Accepted" {
+        bail!("idToken {} not accepted: {auth}", args.id_tag);
+    }
+    let mut meter: i64 = 0;
+    for _ in 0..args.transactions {
+        let transaction_id = uuid::Uuid::new_v4().to_string();
+        // seqNo counts the events of one transaction from 0.
+        let mut seq_no = 0;
+        let mut event = |kind: &'static str, meter: i64| {
+            let payload =
+                v201::transaction_event(kind, &transaction_id, seq_no, &args.id_tag, meter);
+            seq_no += 1;
+            payload
+        };
+        s.call("TransactionEvent", &event("Started", meter)).await?;
+        for _ in 0..args.meter_values {
+            meter += 1000;
+            s.call("TransactionEvent", &event("Updated", meter)).await?;
+        }
+        meter += 500;
+        s.call("TransactionEvent", &event("Ended", meter)).await?;
+    }
+    Ok(())
+}

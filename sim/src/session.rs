@@ -1,0 +1,244 @@
+//! One OCPP-J WebSocket connection seen from the charger side: send a CALL and wait for its
+//! answer, while answering whatever the CSMS asks in between.
+//!
+//! A real charger must keep serving CSMS-initiated CALLs while one of its own is outstanding
+//! (OCPP-J allows one outstanding CALL per direction), so every wait goes through the same loop
+//! that answers incoming CALLs.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wire::text::{Body, Frame, decode_plain};
+use wire::{ErrorCode, Limits, OcppVersion};
+
+use crate::payloads::{self, Reply};
+
+/// Counters a session keeps; the charger summary adds them up.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// CALLs this side sent that got a CALLRESULT.
+    pub calls: u64,
+    /// CALLERRORs received, and frames from the peer that could not be decoded.
+    pub errors: u64,
+    /// CSMS-initiated CALLs answered (with a result or a CALLERROR).
+    pub answered: u64,
+}
+
+pub struct Session {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    version: OcppVersion,
+    /// Per-connection counter: every charger numbers its messages from 1, as real ones do, which
+    /// is what makes a node's correlation table key on (source, id).
+    next_id: u64,
+    timeout: Duration,
+    limits: Limits,
+    pub stats: Stats,
+}
+
+impl Session {
+    /// Opens `url` offering exactly one subprotocol, with Basic auth when `password` is given.
+    pub async fn connect(
+        url: &str,
+        identity: &str,
+        version: OcppVersion,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut request = url
+            .into_client_request()
+            .with_context(|| format!("invalid URL {url}"))?;
+        let headers = request.headers_mut();
+        headers.insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(version.subprotocol()),
+        );
+        if let Some(password) = password {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{identity}:{password}"));
+            let value = HeaderValue::from_str(&format!("Basic {token}"))
+                .context("identity or password cannot be sent in an HTTP header")?;
+            headers.insert("Authorization", value);
+        }
+        let (ws, response) =
+            tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request))
+                .await
+                .map_err(|_| anyhow!("connecting to {url} timed out after {timeout:?}"))?
+                .with_context(|| format!("connecting to {url}"))?;
+        // tungstenite already fails a handshake whose subprotocol differs from the one offered,
+        // but a server that omits the header is accepted; a charger must not guess the version.
+        let agreed = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok());
+        if agreed != Some(version.subprotocol()) {
+            bail!(
+                "{url} did not accept subprotocol {} (answered {agreed:?})",
+                version.subprotocol()
+            );
+        }
+        Ok(Session {
+            ws,
+            version,
+            next_id: 1,
+            timeout,
+            limits: Limits::default(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Sends a CALL and returns the CALLRESULT payload. A CALLERROR is an error.
+    pub async fn call(&mut self, action: &str, payload: &Value) -> Result<Value> {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        let raw = serde_json::value::to_raw_value(payload)?;
+        let text = Frame::call(id.as_str(), action, &raw).to_plain_string();
+        self.send_text(text).await?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let Some(text) = self.next_text(deadline).await? else {
+                bail!("no answer to {action} (id {id}) within {:?}", self.timeout);
+            };
+            match self.handle_incoming(&text, Some(&id)).await? {
+                Some(Answer::Result(value)) => {
+                    self.stats.calls += 1;
+                    return Ok(value);
+                }
+                Some(Answer::Error(code, description)) => {
+                    self.stats.errors += 1;
+                    bail!("{action} (id {id}) got CALLERROR {code}: {description}");
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Keeps answering CSMS-initiated CALLs for `duration`.
+    pub async fn serve_for(&mut self, duration: Duration) -> Result<()> {
+        let deadline = Instant::now() + duration;
+        while let Some(text) = self.next_text(deadline).await? {
+            self.handle_incoming(&text, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the connection politely; failures do not matter any more at this point.
+    pub async fn close(mut self) {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: Utf8Bytes::from_static("simulation done"),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+    }
+
+    /// The next text message, or `None` at the deadline. Pings are answered by tungstenite
+    /// itself; binary frames belong to overlay links, which a charger never is on.
+    async fn next_text(&mut self, deadline: Instant) -> Result<Option<String>> {
+        loop {
+            let message = match timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => bail!("connection closed by the server"),
+                Ok(Some(message)) => message.context("WebSocket error")?,
+            };
+            match message {
+                Message::Text(text) => return Ok(Some(text.as_str().to_owned())),
+                Message::Close(frame) => bail!("connection closed by the server: {frame:?}"),
+                Message::Binary(bytes) => {
+                    tracing::warn!(len = bytes.len(), "ignoring a binary message");
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Handles one frame from the server. A CALLRESULT or CALLERROR for `waiting_for` is
+    /// returned; CALLs are answered; anything else is logged.
+    async fn handle_incoming(
+        &mut self,
+        text: &str,
+        waiting_for: Option<&str>,
+    ) -> Result<Option<Answer>> {
+        let frame = match decode_plain(text, &self.limits) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Answer as a conformant charger would (ARCHITECTURE §6.5), then carry on.
+                self.stats.errors += 1;
+                tracing::warn!(error = %e, frame = text, "undecodable frame from the server");
+                let code = e.error_code().spelling(self.version);
+                let reply = Frame::error(e.reply_id(), code, e.to_string()).to_plain_string();
+                self.send_text(reply).await?;
+                return Ok(None);
+            }
+        };
+        if !frame.message_type().allowed_in(self.version) {
+            self.stats.errors += 1;
+            let code = ErrorCode::MessageTypeNotSupported.spelling(self.version);
+            let description = format!(
+                "message type {} is not part of {}",
+                frame.message_type().number(),
+                self.version
+            );
+            let reply = Frame::error(frame.id.as_ref(), code, description).to_plain_string();
+            self.send_text(reply).await?;
+            return Ok(None);
+        }
+        let ours = waiting_for == Some(frame.id.as_ref());
+        match &frame.body {
+            Body::Call { action, payload } => {
+                let request: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                let reply = payloads::answer(self.version, action, &request);
+                tracing::debug!(%action, "answering a CSMS call");
+                let text = match &reply {
+                    Reply::Result(value) => {
+                        let raw = serde_json::value::to_raw_value(value)?;
+                        Frame::result(frame.id.as_ref(), &raw).to_plain_string()
+                    }
+                    Reply::Error(code, description) => {
+                        let code = code.spelling(self.version);
+                        Frame::error(frame.id.as_ref(), code, *description).to_plain_string()
+                    }
+                };
+                self.stats.answered += 1;
+                self.send_text(text).await?;
+                Ok(None)
+            }
+            Body::CallResult { payload } if ours => {
+                let value = serde_json::from_str(payload.get())
+                    .context("CALLRESULT payload is not valid JSON")?;
+                Ok(Some(Answer::Result(value)))
+            }
+            Body::CallError(e) if ours => Ok(Some(Answer::Error(
+                e.code.to_string(),
+                e.description.to_string(),
+            ))),
+            Body::CallResult { .. } | Body::CallError(_) => {
+                tracing::warn!(id = %frame.id, "answer to no outstanding call");
+                Ok(None)
+            }
+            // Types 5 and 6 were refused above for 1.6 and 2.0.1.
+            Body::CallResultError(_) | Body::Send { .. } => Ok(None),
+        }
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<()> {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .context("sending a frame")
+    }
+}
+
+enum Answer {
+    Result(Value),
+    Error(String, String),
+}
