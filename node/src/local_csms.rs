@@ -52,17 +52,31 @@ const NOTIFICATIONS_2X: &[&str] = &[
     "ClearedChargingLimit",
 ];
 
+/// Answers one validated request. The payload is taken by value: transaction messages move it
+/// into the store job instead of copying it.
 pub async fn handle(
     node: &Node,
     cs: &Charger<'_>,
     action: &str,
-    req: &Value,
+    req: Value,
 ) -> Result<Outcome, StoreError> {
-    if cs.version == OcppVersion::V16 {
-        handle_16(node, cs, action, req).await
+    let v16 = cs.version == OcppVersion::V16;
+    let notifications = if v16 {
+        NOTIFICATIONS_16
     } else {
-        handle_2x(node, cs, action, req).await
-    }
+        NOTIFICATIONS_2X
+    };
+    let reply = match action {
+        "BootNotification" => {
+            json!({"status": "Accepted", "currentTime": now(), "interval": interval(node)})
+        }
+        "Heartbeat" => json!({"currentTime": now()}),
+        "DataTransfer" => json!({"status": "UnknownVendorId"}),
+        a if notifications.contains(&a) => json!({}),
+        _ if v16 => return handle_16(node, cs, action, req).await,
+        _ => return handle_2x(node, cs, action, req).await,
+    };
+    Ok(Outcome::Reply(reply))
 }
 
 fn auth_status(node: &Node, id_tag: &str) -> AuthStatus {
@@ -77,31 +91,30 @@ fn interval(node: &Node) -> u32 {
     node.config.local_csms.heartbeat_interval_s
 }
 
+fn str_field(req: &Value, key: &str) -> String {
+    req[key].as_str().unwrap_or_default().to_owned()
+}
+
 async fn handle_16(
     node: &Node,
     cs: &Charger<'_>,
     action: &str,
-    req: &Value,
+    req: Value,
 ) -> Result<Outcome, StoreError> {
+    let id_tag_info = |tag: &str| json!({"status": auth_status(node, tag).as_str()});
     let reply = match action {
-        "BootNotification" => {
-            json!({"status": "Accepted", "currentTime": now(), "interval": interval(node)})
-        }
-        "Heartbeat" => json!({"currentTime": now()}),
-        "Authorize" => {
-            json!({"idTagInfo": {"status": auth_status(node, req["idTag"].as_str().unwrap_or_default()).as_str()}})
-        }
+        "Authorize" => json!({"idTagInfo": id_tag_info(req["idTag"].as_str().unwrap_or_default())}),
         "StartTransaction" => {
-            let id_tag = req["idTag"].as_str().unwrap_or_default().to_owned();
-            let status = auth_status(node, &id_tag);
-            let (charger, timestamp) = (
+            let (charger, id_tag, timestamp) = (
                 cs.id.to_owned(),
-                req["timestamp"].as_str().unwrap_or_default().to_owned(),
+                str_field(&req, "idTag"),
+                str_field(&req, "timestamp"),
             );
             let (connector_id, meter_start) = (
                 req["connectorId"].as_i64().unwrap_or(0),
                 req["meterStart"].as_i64().unwrap_or(0),
             );
+            let info = id_tag_info(&id_tag);
             let id = node
                 .store
                 .write(move |w| {
@@ -116,12 +129,11 @@ async fn handle_16(
                 })
                 .await?;
             node.metrics.transactions_started.inc();
-            json!({"transactionId": id, "idTagInfo": {"status": status.as_str()}})
+            json!({"transactionId": id, "idTagInfo": info})
         }
         "StopTransaction" => {
-            let charger = cs.id.to_owned();
+            let (charger, timestamp) = (cs.id.to_owned(), str_field(&req, "timestamp"));
             let tx = req["transactionId"].as_i64().unwrap_or(0);
-            let timestamp = req["timestamp"].as_str().unwrap_or_default().to_owned();
             let meter_stop = req["meterStop"].as_i64().unwrap_or(0);
             let samples = req["transactionData"]
                 .as_array()
@@ -133,7 +145,7 @@ async fn handle_16(
                 .await?;
             node.metrics.transactions_ended.inc();
             match req["idTag"].as_str() {
-                Some(tag) => json!({"idTagInfo": {"status": auth_status(node, tag).as_str()}}),
+                Some(tag) => json!({"idTagInfo": id_tag_info(tag)}),
                 None => json!({}),
             }
         }
@@ -143,8 +155,6 @@ async fn handle_16(
             store_meter_values(node, cs, connector, tx, req).await?;
             json!({})
         }
-        "DataTransfer" => json!({"status": "UnknownVendorId"}),
-        a if NOTIFICATIONS_16.contains(&a) => json!({}),
         _ => return Ok(Outcome::NotHandled),
     };
     Ok(Outcome::Reply(reply))
@@ -154,39 +164,36 @@ async fn handle_2x(
     node: &Node,
     cs: &Charger<'_>,
     action: &str,
-    req: &Value,
+    req: Value,
 ) -> Result<Outcome, StoreError> {
     let token_info = |token: &Value| json!({"status": auth_status(node, token["idToken"].as_str().unwrap_or_default()).as_str()});
     let reply = match action {
-        "BootNotification" => {
-            json!({"status": "Accepted", "currentTime": now(), "interval": interval(node)})
-        }
-        "Heartbeat" => json!({"currentTime": now()}),
         "Authorize" => json!({"idTokenInfo": token_info(&req["idToken"])}),
         "TransactionEvent" => {
-            let (charger, version, ev) = (cs.id.to_owned(), cs.version.subprotocol(), req.clone());
-            let event_type = req["eventType"].as_str().unwrap_or_default();
-            node.store
-                .write(move |w| transactions::transaction_event(w, &charger, version, &ev))
-                .await?;
-            match event_type {
-                "Started" => node.metrics.transactions_started.inc(),
-                "Ended" => node.metrics.transactions_ended.inc(),
-                _ => {}
-            }
-            match req.get("idToken") {
+            let reply = match req.get("idToken") {
                 Some(token) => json!({"idTokenInfo": token_info(token)}),
                 None => json!({}),
+            };
+            let counter = match req["eventType"].as_str() {
+                Some("Started") => Some(&node.metrics.transactions_started),
+                Some("Ended") => Some(&node.metrics.transactions_ended),
+                _ => None,
+            };
+            let (charger, version) = (cs.id.to_owned(), cs.version.subprotocol());
+            node.store
+                .write(move |w| transactions::transaction_event(w, &charger, version, &req))
+                .await?;
+            if let Some(counter) = counter {
+                counter.inc();
             }
+            reply
         }
         "MeterValues" => {
             let evse = req["evseId"].as_i64().unwrap_or(0);
             store_meter_values(node, cs, evse, None, req).await?;
             json!({})
         }
-        "DataTransfer" => json!({"status": "UnknownVendorId"}),
         "NotifyEVChargingNeeds" => json!({"status": "Accepted"}),
-        a if NOTIFICATIONS_2X.contains(&a) => json!({}),
         _ => return Ok(Outcome::NotHandled),
     };
     Ok(Outcome::Reply(reply))
@@ -197,9 +204,9 @@ async fn store_meter_values(
     cs: &Charger<'_>,
     connector: i64,
     tx: Option<String>,
-    req: &Value,
+    payload: Value,
 ) -> Result<(), StoreError> {
-    let (charger, version, payload) = (cs.id.to_owned(), cs.version.subprotocol(), req.clone());
+    let (charger, version) = (cs.id.to_owned(), cs.version.subprotocol());
     node.store
         .write(move |w| {
             transactions::meter_values(w, &charger, version, connector, tx.as_deref(), &payload)
