@@ -120,6 +120,13 @@ pub struct ListenerConfig {
     pub missing_subprotocol: MissingSubprotocol,
     pub max_frame_bytes: usize,
     pub upgrade_timeout_s: u64,
+    /// Profiles 2 and 3: the server certificate chain (PEM, leaf first) and its private key.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Profile 3: the CA(s) that charger client certificates must chain to (PEM).
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Profile 3: when set, a client certificate's O must equal it (the CPO name).
+    pub cpo_name: Option<String>,
 }
 
 impl Default for ListenerConfig {
@@ -133,6 +140,10 @@ impl Default for ListenerConfig {
             missing_subprotocol: MissingSubprotocol::AssumeOcpp16,
             max_frame_bytes: 1024 * 1024,
             upgrade_timeout_s: 10,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            cpo_name: None,
         }
     }
 }
@@ -550,6 +561,48 @@ fn binds_collide(a: SocketAddr, b: SocketAddr) -> bool {
         || (ia.is_ipv4() && ib.is_ipv4() && (ia.is_unspecified() || ib.is_unspecified()))
 }
 
+/// TLS keys of one listener: required and loadable for profiles 2 and 3, absent otherwise (a
+/// certificate on a plain listener would suggest a security the listener does not give).
+fn check_tls(profile: u8, mut err: impl FnMut(&str, String), l: &ListenerConfig) {
+    if profile > 3 {
+        return; // the profile itself is the mistake; reported by the caller
+    }
+    let tls = profile >= 2;
+    let files = [
+        ("tls_cert_file", &l.tls_cert_file, tls),
+        ("tls_key_file", &l.tls_key_file, tls),
+        ("tls_client_ca_file", &l.tls_client_ca_file, profile >= 3),
+    ];
+    for (key, value, required) in files {
+        match (value, required) {
+            (None, true) => err(key, format!("security_profile {profile} needs {key}")),
+            (Some(_), false) => err(
+                key,
+                format!(
+                    "{key} is not used with security_profile {profile}; remove it or raise the profile"
+                ),
+            ),
+            (Some(path), true) => {
+                let loaded = if key == "tls_key_file" {
+                    crate::tls::load_key(path).map(drop)
+                } else {
+                    crate::tls::load_certs(path).map(drop)
+                };
+                if let Err(e) = loaded {
+                    err(key, format!("cannot load: {e}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    if l.cpo_name.is_some() && profile < 3 {
+        err(
+            "cpo_name",
+            "cpo_name is checked against client certificates; it needs security_profile 3".into(),
+        );
+    }
+}
+
 fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
@@ -623,23 +676,20 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
         }
         match l.security_profile {
             0 => {}
-            1 if !any_password => err(
-                lpath(i, "security_profile"),
-                "security_profile 1 needs at least one [chargers.<id>] password_hash".into(),
-            ),
-            1 => {}
-            2 | 3 => err(
+            1 | 2 if !any_password => err(
                 lpath(i, "security_profile"),
                 format!(
-                    "security_profile {} (TLS) is not available in this build yet",
+                    "security_profile {} needs at least one [chargers.<id>] password_hash",
                     l.security_profile
                 ),
             ),
+            1..=3 => {}
             n => err(
                 lpath(i, "security_profile"),
                 format!("security_profile {n} does not exist (0, 1, 2 or 3)"),
             ),
         }
+        check_tls(l.security_profile, |key, msg| err(lpath(i, key), msg), l);
         if l.subprotocols.is_empty() {
             err(
                 lpath(i, "subprotocols"),
@@ -1049,8 +1099,6 @@ mod tests {
             (r#"path = "/ocpp/""#, "listener[0].path"),
             (r#"path = "/o cpp""#, "listener[0].path"),
             (r#"path = "/ocpp?x""#, "listener[0].path"),
-            ("security_profile = 2", "listener[0].security_profile"),
-            ("security_profile = 3", "listener[0].security_profile"),
             ("security_profile = 4", "listener[0].security_profile"),
             ("security_profile = 1", "listener[0].security_profile"),
             ("subprotocols = []", "listener[0].subprotocols"),
@@ -1071,8 +1119,37 @@ mod tests {
             let text = format!("[[listener]]\n{line}\n");
             assert_eq!(paths(&text), [*path], "{line}");
         }
-        let errs = errors("[[listener]]\nsecurity_profile = 2\n");
-        assert!(errs[0].1.contains("not available in this build yet"));
+        // Profile 2 needs a password list and both TLS files; profile 3 also a client CA.
+        let mut p2 = paths("[[listener]]\nsecurity_profile = 2\n");
+        p2.sort();
+        assert_eq!(
+            p2,
+            [
+                "listener[0].security_profile",
+                "listener[0].tls_cert_file",
+                "listener[0].tls_key_file"
+            ]
+        );
+        let errs =
+            errors("[[listener]]\nsecurity_profile = 3\ntls_cert_file = \"/nonexistent.pem\"\n");
+        let p3: Vec<&str> = errs.iter().map(|e| e.0.as_str()).collect();
+        assert!(p3.contains(&"listener[0].tls_cert_file"), "{errs:?}");
+        assert!(
+            p3.contains(&"listener[0].tls_key_file")
+                && p3.contains(&"listener[0].tls_client_ca_file")
+        );
+        let cert_err = errs
+            .iter()
+            .find(|e| e.0 == "listener[0].tls_cert_file")
+            .unwrap();
+        assert!(
+            cert_err.1.contains("cannot load") && cert_err.1.contains("/nonexistent.pem"),
+            "{cert_err:?}"
+        );
+        assert_eq!(
+            paths("[[listener]]\ntls_cert_file = \"c.pem\"\ncpo_name = \"X\"\n"),
+            ["listener[0].tls_cert_file", "listener[0].cpo_name"]
+        );
         let errs = errors("[[listener]]\nsecurity_profile = 1\n");
         assert!(
             errs[0]

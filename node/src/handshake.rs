@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -18,15 +17,19 @@ use wire::OcppVersion;
 
 use crate::config::{ListenerConfig, MissingSubprotocol, valid_charger_id};
 use crate::state::Node;
+use crate::tls::PeerIdentity;
 
 /// Largest request head accepted; real chargers send well under 1 KiB.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 
-pub struct Upgraded {
+pub struct Upgraded<S> {
+    /// Numbered when the 101 is written: a larger number is a newer connection, whatever order
+    /// the sessions register in afterwards.
+    pub conn_id: u64,
     pub charger_id: String,
     pub version: OcppVersion,
-    pub ws: WebSocketStream<TcpStream>,
+    pub ws: WebSocketStream<S>,
 }
 
 /// Why an upgrade was refused: the HTTP answer, the log text and a fixed metric label.
@@ -62,12 +65,18 @@ struct Request {
 }
 
 /// Performs the upgrade or refuses it (answering and logging); `None` means the socket is done.
-pub async fn accept(
+/// `stream` is TCP or, for profiles 2 and 3, TLS already established; `tls_peer` holds the
+/// verified client certificate's names (profile 3).
+pub async fn accept<S>(
     node: &Node,
     cfg: &ListenerConfig,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
-) -> Option<Upgraded> {
+    tls_peer: Option<PeerIdentity>,
+) -> Option<Upgraded<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let limit = Duration::from_secs(cfg.upgrade_timeout_s);
     let (req, leftover) = match tokio::time::timeout(limit, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
@@ -81,7 +90,7 @@ pub async fn accept(
             return None;
         }
     };
-    let (charger_id, version) = match decide(node, cfg, &req).await {
+    let (charger_id, version) = match decide(node, cfg, &req, tls_peer.as_ref()).await {
         Ok(ok) => ok,
         Err(refusal) => {
             refuse(node, &mut stream, peer, refusal).await;
@@ -101,6 +110,7 @@ pub async fn accept(
         ));
     }
     response.push_str("\r\n");
+    let conn_id = node.next_conn_id();
     if let Err(e) = stream.write_all(response.as_bytes()).await {
         tracing::debug!(%peer, error = %e, "client left during the upgrade");
         return None;
@@ -109,6 +119,7 @@ pub async fn accept(
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config(cfg)))
             .await;
     Some(Upgraded {
+        conn_id,
         charger_id,
         version,
         ws,
@@ -126,7 +137,7 @@ pub fn ws_config(cfg: &ListenerConfig) -> WebSocketConfig {
         .max_frame_size(Some(cfg.max_frame_bytes))
 }
 
-async fn read_head(stream: &mut TcpStream) -> Result<(Request, Vec<u8>), Refusal> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Request, Vec<u8>), Refusal> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -213,6 +224,7 @@ async fn decide(
     node: &Node,
     cfg: &ListenerConfig,
     req: &Request,
+    tls_peer: Option<&PeerIdentity>,
 ) -> Result<(String, OcppVersion), Refusal> {
     if req.method != "GET" {
         return Err(Refusal::new(
@@ -240,8 +252,10 @@ async fn decide(
         ));
     }
     let version = negotiate(cfg, &req.protocols, &charger_id)?;
-    if cfg.security_profile >= 1 {
-        authenticate(node, &charger_id, req.authorization.as_deref()).await?;
+    match cfg.security_profile {
+        0 => {}
+        1 | 2 => authenticate(node, &charger_id, req.authorization.as_deref()).await?,
+        _ => check_certificate(cfg, &charger_id, tls_peer)?,
     }
     Ok((charger_id, version))
 }
@@ -345,7 +359,37 @@ async fn authenticate(node: &Node, charger_id: &str, header: Option<&str>) -> Re
     }
 }
 
-async fn refuse(node: &Node, stream: &mut TcpStream, peer: SocketAddr, refusal: Refusal) {
+/// Profile 3: the certificate (already verified against the CA by rustls) must name this charger.
+fn check_certificate(
+    cfg: &ListenerConfig,
+    charger_id: &str,
+    tls_peer: Option<&PeerIdentity>,
+) -> Result<(), Refusal> {
+    let forbidden = |why: String| Refusal::new(403, "certificate", why);
+    let id = tls_peer.ok_or_else(|| forbidden("no client certificate".into()))?;
+    if id.common_name.as_deref() != Some(charger_id) {
+        return Err(forbidden(format!(
+            "client certificate CN {:?} is not the charger id {charger_id:?}",
+            id.common_name.as_deref().unwrap_or("")
+        )));
+    }
+    if let Some(cpo) = &cfg.cpo_name {
+        if id.organization.as_deref() != Some(cpo.as_str()) {
+            return Err(forbidden(format!(
+                "client certificate O {:?} is not the CPO {cpo:?}",
+                id.organization.as_deref().unwrap_or("")
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(
+    node: &Node,
+    stream: &mut S,
+    peer: SocketAddr,
+    refusal: Refusal,
+) {
     node.metrics.refused(refusal.label);
     tracing::warn!(%peer, status = refusal.status, "upgrade refused: {}", refusal.reason);
     let text = match refusal.status {

@@ -1,26 +1,39 @@
-//! Charger listeners: accept TCP, upgrade, run a session per charger.
+//! Charger listeners: accept TCP, establish TLS for profiles 2 and 3, upgrade, run a session.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
 use crate::state::{ListenerInfo, Node};
+use crate::tls::{self, PeerIdentity};
 
-/// Binds the listener now (so a bad address fails startup) and returns what it serves and the
-/// accept loop to spawn.
+/// Binds the listener now (so a bad address or certificate fails startup) and returns what it
+/// serves and the accept loop to spawn.
 pub async fn bind(
     node: Arc<Node>,
     cfg: ListenerConfig,
 ) -> anyhow::Result<(ListenerInfo, impl Future<Output = ()> + Send + 'static)> {
+    let tls = match cfg.security_profile {
+        2 | 3 => Some(TlsAcceptor::from(
+            tls::server_config(&cfg)
+                .map_err(|e| anyhow::anyhow!("listener {:?}: {e}", cfg.name))?,
+        )),
+        _ => None,
+    };
     let socket = TcpListener::bind(cfg.bind)
         .await
         .map_err(|e| anyhow::anyhow!("listener {:?} cannot bind {}: {e}", cfg.name, cfg.bind))?;
     let local = socket.local_addr()?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let info = ListenerInfo {
         name: cfg.name.clone(),
         url: format!(
-            "ws://{local}{}",
+            "{scheme}://{local}{}",
             if cfg.path == "/" { "" } else { &cfg.path }
         ),
         security_profile: cfg.security_profile,
@@ -33,19 +46,66 @@ pub async fn bind(
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning on the error.
                     tracing::warn!(listener = %cfg.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             let _ = stream.set_nodelay(true);
-            let (node, cfg) = (node.clone(), cfg.clone());
-            tokio::spawn(async move {
-                if let Some(up) = crate::handshake::accept(&node, &cfg, stream, peer).await {
-                    crate::session::run(node, cfg.name.clone(), cfg.max_frame_bytes, up, peer)
-                        .await;
-                }
-            });
+            tokio::spawn(connection(
+                node.clone(),
+                cfg.clone(),
+                tls.clone(),
+                stream,
+                peer,
+            ));
         }
     };
     Ok((info, serve))
+}
+
+async fn connection(
+    node: Arc<Node>,
+    cfg: Arc<ListenerConfig>,
+    tls: Option<TlsAcceptor>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let Some(acceptor) = tls else {
+        return upgrade(node, cfg, tcp, peer, None).await;
+    };
+    // The TLS handshake counts against the same budget as the HTTP upgrade (slowloris).
+    let limit = Duration::from_secs(cfg.upgrade_timeout_s);
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(tls::peer_identity);
+            upgrade(node, cfg, stream, peer, identity).await;
+        }
+        Ok(Err(e)) => {
+            node.metrics.refused("tls");
+            tracing::warn!(%peer, listener = %cfg.name, "TLS handshake failed: {e}");
+        }
+        Err(_) => {
+            node.metrics.refused("timeout");
+            tracing::warn!(%peer, listener = %cfg.name, "TLS handshake not complete within {limit:?}");
+        }
+    }
+}
+
+async fn upgrade<S>(
+    node: Arc<Node>,
+    cfg: Arc<ListenerConfig>,
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<PeerIdentity>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(up) = crate::handshake::accept(&node, &cfg, stream, peer, identity).await {
+        crate::session::run(node, cfg.name.clone(), cfg.max_frame_bytes, up, peer).await;
+    }
 }

@@ -16,6 +16,7 @@ mod session;
 mod state;
 mod status;
 mod store;
+mod tls;
 mod transactions;
 
 use std::io::{BufRead as _, Write as _};

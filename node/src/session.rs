@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::Entry;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -41,14 +41,16 @@ enum Next {
     Gone,
 }
 
-pub async fn run(
+pub async fn run<S>(
     node: Arc<Node>,
     listener: String,
     max_frame_bytes: usize,
-    up: crate::handshake::Upgraded,
+    up: crate::handshake::Upgraded<S>,
     remote: std::net::SocketAddr,
-) {
-    let conn_id = node.next_conn_id();
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn_id = up.conn_id;
     let replaced = Arc::new(Notify::new());
     let info = SessionInfo {
         conn_id,
@@ -58,11 +60,17 @@ pub async fn run(
         connected_at: chrono::Utc::now(),
         replaced: replaced.clone(),
     };
-    if let Some(old) = node.sessions.insert(up.charger_id.clone(), info) {
-        tracing::info!(charger = %up.charger_id, "a newer connection replaces the open one");
-        old.replaced.notify_one();
-    } else {
-        node.metrics.chargers_connected.inc();
+    match node.sessions.entry(up.charger_id.clone()) {
+        // A newer connection of this charger registered first: this one is stale already.
+        Entry::Occupied(e) if e.get().conn_id > conn_id => replaced.notify_one(),
+        Entry::Occupied(mut e) => {
+            tracing::info!(charger = %up.charger_id, "a newer connection replaces the open one");
+            e.insert(info).replaced.notify_one();
+        }
+        Entry::Vacant(e) => {
+            e.insert(info);
+            node.metrics.chargers_connected.inc();
+        }
     }
     tracing::info!(charger = %up.charger_id, version = %up.version, %remote, "charger connected");
 
@@ -100,9 +108,9 @@ pub async fn run(
 }
 
 impl Session {
-    async fn on_message(
+    async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        ws: &mut WebSocketStream<TcpStream>,
+        ws: &mut WebSocketStream<S>,
         msg: Option<Result<Message, WsError>>,
     ) -> Next {
         match msg {
@@ -241,17 +249,21 @@ impl Session {
 
 /// Sends a close frame, then reads and discards whatever the peer still sends for a short,
 /// bounded time, so that the close frame is delivered rather than lost to a TCP reset.
-async fn close(mut ws: WebSocketStream<TcpStream>, code: CloseCode, reason: &'static str) {
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
+    code: CloseCode,
+    reason: &'static str,
+) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
     let _ = tokio::time::timeout(CLOSE_DRAIN, ws.send(Message::Close(Some(frame)))).await;
-    let tcp = ws.get_mut();
-    let _ = tcp.shutdown().await;
+    let stream = ws.get_mut();
+    let _ = stream.shutdown().await;
     let mut sink = [0u8; 8192];
     let _ = tokio::time::timeout(CLOSE_DRAIN, async {
-        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
 }

@@ -2,12 +2,17 @@
 //!
 //! * `ocpp-sim charger`: N charging stations that boot, heartbeat, authorize and run transactions
 //!   against a CSMS or an `ocpp-node` listener, then print a one-line JSON summary on stdout.
+//! * `ocpp-sim csms`: a plain OCPP-J CSMS that accepts any charger, answers every CALL at once
+//!   with the smallest valid response and counts what it saw. It prints
+//!   `listening csms ws://HOST:PORT/PATH` when ready, and a one-line JSON summary on stdout on
+//!   SIGTERM, SIGINT or `--duration` expiry. It can send CSMS-initiated calls (`--on-boot`).
 //!
 //! Frames are encoded and decoded with the `wire` crate, the same codec the node uses, so the
 //! simulator exercises exactly what the node parses. Logs go to stderr (`RUST_LOG` filters them);
-//! stdout carries only the machine-readable summary.
+//! stdout carries only machine-readable lines: the `listening` line and the summary.
 
 mod charger;
+mod csms;
 mod payloads;
 mod session;
 
@@ -32,6 +37,8 @@ struct Cli {
 enum Command {
     /// Simulate charging stations that connect, boot and run transactions.
     Charger(charger::Args),
+    /// Simulate a CSMS that accepts any charger and answers every call at once.
+    Csms(csms::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Charger(args) => charger::run(args).await,
+            Command::Csms(args) => csms::run(args).await,
         }
     });
     match result {
