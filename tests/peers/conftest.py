@@ -100,11 +100,13 @@ async def charger(frame_logs):
     """Factory: ``cp = await charger(url_base, "CP-1", "ocpp1.6")`` -> a started ChargePoint.
 
     ``cp.log`` is its FrameLog, ``cp.conn`` its RecordingConnection, ``cp.ws`` the raw websocket.
+    Extra keyword arguments (e.g. ``ssl=``, ``server_hostname=``, ``additional_headers=``) go to
+    ``websockets.connect``.
     """
     stack = contextlib.AsyncExitStack()
 
     async def connect(url_base: str, charger_id: str, version: str, cp_class=None,
-                      response_timeout: float = 15.0):
+                      response_timeout: float = 15.0, **ws_kwargs):
         if cp_class is None:
             if version == "ocpp1.6":
                 from ocpp.v16 import ChargePoint as cp_class
@@ -114,7 +116,7 @@ async def charger(frame_logs):
                 raise ValueError(version)
         url = f"{url_base.rstrip('/')}/{charger_id}"
         ws = await websockets.connect(url, subprotocols=[version], open_timeout=10,
-                                      ping_interval=None, max_size=2**22)
+                                      ping_interval=None, max_size=2**22, **ws_kwargs)
         stack.push_async_callback(_close_ws, ws)
         assert ws.subprotocol == version, (
             f"node answered subprotocol {ws.subprotocol!r} to an offer of only {version!r}")

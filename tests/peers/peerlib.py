@@ -57,8 +57,14 @@ def render_config(
     unknown_id_tag: str = "Invalid",
     local_list: dict[str, str] | None = None,
     extra: str = "",
+    security_profile: int = 0,
+    listener_extra: str = "",
 ) -> str:
-    """The TOML config of the contract, all listeners on 127.0.0.1:0."""
+    """The TOML config of the contract, all listeners on 127.0.0.1:0.
+
+    ``listener_extra`` is appended inside the ``chargers`` listener table (e.g. TLS keys);
+    ``extra`` at the end of the file (e.g. ``[chargers."<id>"]`` tables).
+    """
     if local_list is None:
         local_list = {"TAG-OK": "Accepted", "TAG-BLOCKED": "Blocked"}
     lines = [
@@ -71,7 +77,11 @@ def render_config(
         'name = "chargers"',
         'bind = "127.0.0.1:0"',
         'path = "/ocpp"',
-        "security_profile = 0",
+        f"security_profile = {int(security_profile)}",
+    ]
+    if listener_extra:
+        lines += [listener_extra.rstrip("\n")]
+    lines += [
         "",
         "[admin]",
         'bind = "127.0.0.1:0"',
