@@ -28,6 +28,8 @@ pub const MAX_ID_TAG_LEN: usize = 36;
 pub const FRAME_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
 /// Bounds of `listener.upgrade_timeout_s`.
 pub const UPGRADE_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
+/// Bounds of `listener.max_connections`.
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 /// Bounds of `local_csms.heartbeat_interval_s` (one day at most).
 pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
 
@@ -120,6 +122,8 @@ pub struct ListenerConfig {
     pub missing_subprotocol: MissingSubprotocol,
     pub max_frame_bytes: usize,
     pub upgrade_timeout_s: u64,
+    /// Open connections (including unfinished upgrades) beyond which new ones are closed at once.
+    pub max_connections: usize,
     /// Profiles 2 and 3: the server certificate chain (PEM, leaf first) and its private key.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -140,6 +144,7 @@ impl Default for ListenerConfig {
             missing_subprotocol: MissingSubprotocol::AssumeOcpp16,
             max_frame_bytes: 1024 * 1024,
             upgrade_timeout_s: 10,
+            max_connections: 20_000,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -726,6 +731,17 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
                 ),
             );
         }
+        if !MAX_CONNECTIONS_RANGE.contains(&l.max_connections) {
+            err(
+                lpath(i, "max_connections"),
+                format!(
+                    "{} is outside {}..={}",
+                    l.max_connections,
+                    MAX_CONNECTIONS_RANGE.start(),
+                    MAX_CONNECTIONS_RANGE.end()
+                ),
+            );
+        }
     }
 
     let hb = config.local_csms.heartbeat_interval_s;
@@ -1110,6 +1126,7 @@ mod tests {
             ("max_frame_bytes = 67108865", "listener[0].max_frame_bytes"),
             ("upgrade_timeout_s = 0", "listener[0].upgrade_timeout_s"),
             ("upgrade_timeout_s = 301", "listener[0].upgrade_timeout_s"),
+            ("max_connections = 0", "listener[0].max_connections"),
             (r#"name = """#, "listener[0].name"),
             (r#"name = "a b""#, "listener[0].name"),
             (r#"bind = "0.0.0.0:9800""#, "listener[0].bind"),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
@@ -39,6 +40,7 @@ pub async fn bind(
         security_profile: cfg.security_profile,
     };
     let cfg = Arc::new(cfg);
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let serve = async move {
         loop {
             let (stream, peer) = match socket.accept().await {
@@ -50,14 +52,19 @@ pub async fn bind(
                     continue;
                 }
             };
+            // Every connection, finished upgrade or not, holds a slot until it ends: the number of
+            // tasks and buffers a flood can create is bounded by max_connections.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                node.metrics.refused("capacity");
+                tracing::debug!(%peer, listener = %cfg.name, "max_connections reached; closing");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(connection(
-                node.clone(),
-                cfg.clone(),
-                tls.clone(),
-                stream,
-                peer,
-            ));
+            let (node, cfg, tls) = (node.clone(), cfg.clone(), tls.clone());
+            tokio::spawn(async move {
+                connection(node, cfg, tls, stream, peer).await;
+                drop(slot);
+            });
         }
     };
     Ok((info, serve))

@@ -124,3 +124,55 @@ async fn a_duplicate_identity_replaces_the_older_connection() {
     let status = node.get_json("/api/status");
     assert_eq!(status["chargers"].as_array().unwrap().len(), 1, "{status}");
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once() {
+    let node = NodeProc::start("max_connections = 2", "");
+    let mut first = connect(&node.charger_url, "CP-1", Some("ocpp1.6"), None)
+        .await
+        .unwrap();
+    let _second = connect(&node.charger_url, "CP-2", Some("ocpp1.6"), None)
+        .await
+        .unwrap();
+    // The third gets no upgrade answer: the socket is closed before the request is read.
+    let addr = node
+        .charger_url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut third, &mut buf),
+    )
+    .await
+    .expect("closed promptly");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "no HTTP answer for a connection over the cap"
+    );
+    assert_eq!(
+        call(&mut first, r#"[2,"h","Heartbeat",{}]"#).await[0],
+        3,
+        "open sessions keep working"
+    );
+    let metrics = common::http_get_text(&node.admin_url, "/metrics");
+    assert!(
+        metrics.contains(r#"ocpp_handshakes_refused_total{reason="capacity"} 1"#),
+        "{metrics}"
+    );
+    // A slot frees when a connection ends.
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(ws) = connect(&node.charger_url, "CP-3", Some("ocpp1.6"), None).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "a freed slot is reused");
+}

@@ -174,7 +174,8 @@ pub fn http_get_text(base: &str, path: &str) -> String {
     body.to_owned()
 }
 
-/// Opens a charger connection; `Err` carries the HTTP status of a refused upgrade.
+/// Opens a charger connection; `Err` carries the HTTP status of a refused upgrade, or 0 when the
+/// node closed the connection without any HTTP answer.
 pub async fn connect(
     url: &str,
     id: &str,
@@ -215,7 +216,8 @@ pub async fn connect_with(
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("connect failed: {e}"),
+        // No HTTP answer at all (reset, closed): status 0.
+        Err(_) => Err(0),
     }
 }
 
