@@ -504,6 +504,11 @@ pub fn valid_charger_id(id: &str, node_id: &str) -> Result<(), &'static str> {
     if id.contains(':') {
         return Err("charger id contains ':'");
     }
+    // Ids end up in logs and on technicians' terminals: a newline or an escape sequence in one
+    // could forge log lines or repaint the screen.
+    if id.chars().any(char::is_control) {
+        return Err("charger id contains a control character");
+    }
     // A '/' would make `<csms_base_url>/<id>` and the listener path ambiguous.
     if id.contains('/') {
         return Err("charger id contains '/'");
@@ -527,6 +532,9 @@ fn valid_node_id(id: &str) -> Result<(), &'static str> {
     // ':' separates ids in overlay routes.
     if id.contains(':') {
         return Err("node id contains ':'");
+    }
+    if id.chars().any(char::is_control) {
+        return Err("node id contains a control character");
     }
     if id == "CSMS" || id == "*" {
         return Err("node id is reserved (CSMS and * are not allowed)");

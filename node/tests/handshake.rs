@@ -62,7 +62,16 @@ async fn missing_subprotocol_can_be_refused() {
 async fn charger_id_rules() {
     let node = NodeProc::start("", "");
     let url = &node.charger_url;
-    for bad in ["CP%3A1", "CSMS", "*", "lc-test", &"x".repeat(49)] {
+    for bad in [
+        "CP%3A1",
+        "CSMS",
+        "*",
+        "lc-test",
+        &"x".repeat(49),
+        "CP%0A1",
+        "CP%1B%5B31m",
+        "CP%00",
+    ] {
         assert_eq!(
             connect(url, bad, Some("ocpp1.6"), None).await.err(),
             Some(400),
