@@ -1,27 +1,11 @@
 //! Security profile 1: HTTP Basic auth with salted hashes made by `ocpp-node hash-password`.
 
 mod common;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-
-use common::{BIN, NodeProc, call, connect};
-
-fn hash(password: &str) -> String {
-    let mut child = Command::new(BIN)
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use common::{NodeProc, call, connect, hash_password};
 
 #[tokio::test]
 async fn profile_1_refuses_wrong_credentials_at_the_upgrade() {
-    let h = hash("correct horse");
+    let h = hash_password("correct horse");
     assert!(h.starts_with("$argon2id$"), "{h}");
     assert!(!h.contains("correct horse"));
     let node = NodeProc::start(

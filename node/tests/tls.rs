@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{BIN, NodeProc};
+use common::{BIN, NodeProc, hash_password};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -150,21 +150,6 @@ async fn connect(
     }
 }
 
-fn hash(password: &str) -> String {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(BIN)
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 async fn boots(ws: &mut TlsWs) -> bool {
     use futures_util::{SinkExt as _, StreamExt as _};
     let frame = r#"[2,"b","BootNotification",{"chargePointVendor":"v","chargePointModel":"m"}]"#;
@@ -186,7 +171,7 @@ async fn profile_2_tls_with_basic_auth() {
         &keys,
         &format!(
             "[chargers.\"CP-1\"]\npassword_hash = \"{}\"\n",
-            hash("pw-1")
+            hash_password("pw-1")
         ),
     );
     let url = &node.charger_url;

@@ -241,3 +241,20 @@ pub async fn recv(ws: &mut Ws) -> serde_json::Value {
         }
     }
 }
+
+/// A salted hash of `password`, made by the binary's own `hash-password` command.
+pub fn hash_password(password: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn hash-password");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write password");
+    let out = child.wait_with_output().expect("hash-password output");
+    assert!(out.status.success(), "hash-password failed");
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 hash")
+        .trim()
+        .to_owned()
+}
