@@ -55,16 +55,8 @@ impl RouteEntry {
     }
 }
 
-/// What a new exact route says; the table fills in nothing but stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewRoute {
-    pub dest: String,
-    pub link: LinkId,
-    pub priority: Priority,
-    pub source: Source,
-    pub expires: Option<Instant>,
-    pub version: Option<OcppVersion>,
-}
+/// What a new exact route says: exactly the entry the table stores, so one type serves both.
+pub type NewRoute = RouteEntry;
 
 /// A static glob rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,14 +243,7 @@ impl Table {
         if route.dest == crate::BROADCAST {
             return Err(TableError::Reserved(route.dest));
         }
-        let entry = RouteEntry {
-            dest: route.dest,
-            link: route.link,
-            priority: route.priority,
-            source: route.source,
-            expires: route.expires,
-            version: route.version,
-        };
+        let entry = route;
         if let Some(list) = self.exact.get_mut(&entry.dest)
             && let Some(slot) = list
                 .iter_mut()
