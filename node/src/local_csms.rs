@@ -52,13 +52,15 @@ const NOTIFICATIONS_2X: &[&str] = &[
     "ClearedChargingLimit",
 ];
 
-/// Answers one validated request. The payload is taken by value: transaction messages move it
-/// into the store job instead of copying it.
+/// Answers one validated request. The parsed payload is taken by value, so transaction messages
+/// move it into the store job instead of copying it; `raw` is the payload exactly as received,
+/// kept where bytes matter (signed meter values).
 pub async fn handle(
     node: &Node,
     cs: &Charger<'_>,
     action: &str,
     req: Value,
+    raw: &str,
 ) -> Result<Outcome, StoreError> {
     let v16 = cs.version == OcppVersion::V16;
     let notifications = if v16 {
@@ -73,8 +75,8 @@ pub async fn handle(
         "Heartbeat" => json!({"currentTime": now()}),
         "DataTransfer" => json!({"status": "UnknownVendorId"}),
         a if notifications.contains(&a) => json!({}),
-        _ if v16 => return handle_16(node, cs, action, req).await,
-        _ => return handle_2x(node, cs, action, req).await,
+        _ if v16 => return handle_16(node, cs, action, req, raw).await,
+        _ => return handle_2x(node, cs, action, req, raw).await,
     };
     Ok(Outcome::Reply(reply))
 }
@@ -100,6 +102,7 @@ async fn handle_16(
     cs: &Charger<'_>,
     action: &str,
     req: Value,
+    raw: &str,
 ) -> Result<Outcome, StoreError> {
     let id_tag_info = |tag: &str| json!({"status": auth_status(node, tag).as_str()});
     let reply = match action {
@@ -152,7 +155,7 @@ async fn handle_16(
         "MeterValues" => {
             let tx = req["transactionId"].as_i64().map(|t| t.to_string());
             let connector = req["connectorId"].as_i64().unwrap_or(0);
-            store_meter_values(node, cs, connector, tx, req).await?;
+            store_meter_values(node, cs, connector, tx, req, raw).await?;
             json!({})
         }
         _ => return Ok(Outcome::NotHandled),
@@ -165,6 +168,7 @@ async fn handle_2x(
     cs: &Charger<'_>,
     action: &str,
     req: Value,
+    raw: &str,
 ) -> Result<Outcome, StoreError> {
     let token_info = |token: &Value| json!({"status": auth_status(node, token["idToken"].as_str().unwrap_or_default()).as_str()});
     let reply = match action {
@@ -190,7 +194,7 @@ async fn handle_2x(
         }
         "MeterValues" => {
             let evse = req["evseId"].as_i64().unwrap_or(0);
-            store_meter_values(node, cs, evse, None, req).await?;
+            store_meter_values(node, cs, evse, None, req, raw).await?;
             json!({})
         }
         "NotifyEVChargingNeeds" => json!({"status": "Accepted"}),
@@ -205,11 +209,13 @@ async fn store_meter_values(
     connector: i64,
     tx: Option<String>,
     payload: Value,
+    raw: &str,
 ) -> Result<(), StoreError> {
-    let (charger, version) = (cs.id.to_owned(), cs.version.subprotocol());
+    let (charger, version, raw) = (cs.id.to_owned(), cs.version.subprotocol(), raw.to_owned());
     node.store
         .write(move |w| {
-            transactions::meter_values(w, &charger, version, connector, tx.as_deref(), &payload)
+            let tx = tx.as_deref();
+            transactions::meter_values(w, &charger, version, connector, tx, &payload, &raw)
         })
         .await
 }

@@ -198,7 +198,7 @@ impl Session {
             id: &self.charger_id,
             version: self.version,
         };
-        match local_csms::handle(&self.node, &cs, action, request).await {
+        match local_csms::handle(&self.node, &cs, action, request, payload).await {
             Ok(Outcome::Reply(response)) => {
                 debug_assert_eq!(
                     self.node.schemas.validate(

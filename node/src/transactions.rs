@@ -14,7 +14,8 @@ use crate::store::StoreError;
 const TRANSACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("transactions");
 /// 1.6 StartTransaction content key → the transaction id handed out for it.
 const START_KEYS: TableDefinition<&str, i64> = TableDefinition::new("tx16_start_keys");
-/// Meter-values dedup key → the MeterValues payload as received.
+/// Meter-values dedup key → the MeterValues payload, byte for byte as the charger sent it: signed
+/// meter data (OCMF, signedMeterValue) is only verifiable in its original bytes.
 const METER_VALUES: TableDefinition<&str, &str> = TableDefinition::new("meter_values");
 /// 2.x `<charger>\0<transactionId>\0<seqNo>` of every TransactionEvent applied.
 const TX_EVENTS: TableDefinition<&str, u8> = TableDefinition::new("tx_events");
@@ -146,6 +147,7 @@ pub fn meter_values(
     connector_id: i64,
     transaction_id: Option<&str>,
     payload: &Value,
+    raw: &str,
 ) -> Result<(), StoreError> {
     let samples = payload.get("meterValue").and_then(Value::as_array);
     let first_ts = samples
@@ -161,7 +163,7 @@ pub fn meter_values(
     if table.get(key.as_str())?.is_some() {
         return Ok(());
     }
-    table.insert(key.as_str(), payload.to_string().as_str())?;
+    table.insert(key.as_str(), raw)?;
     drop(table);
     if let Some(tx) = transaction_id {
         let tkey = tx_key(charger, tx);
@@ -333,5 +335,31 @@ mod tests {
         assert_eq!(r.meter_value_count, 3);
         assert_eq!(r.status, TxStatus::Ended);
         assert_eq!(r.id_tag.as_deref(), Some("A"));
+    }
+
+    #[tokio::test]
+    async fn meter_values_are_stored_as_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("mv.redb")).unwrap();
+        // Spacing, number formatting and escapes that a re-serialization would change.
+        let raw = r#"{ "connectorId": 1, "meterValue": [ {"timestamp": "t0", "sampledValue": [{"value": "1.50E+2", "format": "SignedData", "x": "\u00e9"}]} ] }"#;
+        let parsed: Value = serde_json::from_str(raw).unwrap();
+        let text = raw.to_owned();
+        store
+            .write(move |w| meter_values(w, "CP1", "ocpp1.6", 1, Some("7"), &parsed, &text))
+            .await
+            .unwrap();
+        let kept = store
+            .read(|r| {
+                let table = r.open_table(METER_VALUES)?;
+                let mut rows = Vec::new();
+                for row in table.iter()? {
+                    rows.push(row?.1.value().to_owned());
+                }
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, [raw.to_owned()]);
     }
 }
