@@ -153,25 +153,41 @@ fn field<'a>(answer: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or("")
 }
 
-async fn script_v16(s: &mut Session, args: &Args, id: &str) -> Result<()> {
-    let boot = s
-        .call("BootNotification", &v16::boot_notification(id))
-        .await?;
+/// The version-specific payloads of the opening every script shares.
+struct Opening {
+    boot: Value,
+    status: Value,
+    authorize: Value,
+    /// Where the Authorize answer keeps its status.
+    auth_status: &'static str,
+}
+
+/// Boot (must be Accepted), heartbeats, StatusNotification and Authorize (must be Accepted), as a
+/// real charger opens its session.
+async fn greet(s: &mut Session, args: &Args, opening: Opening) -> Result<()> {
+    let boot = s.call("BootNotification", &opening.boot).await?;
     if field(&boot, "/status") != "Accepted" {
         bail!("BootNotification not accepted: {boot}");
     }
     for _ in 0..args.heartbeats {
         s.call("Heartbeat", &json!({})).await?;
     }
-    s.call(
-        "StatusNotification",
-        &v16::status_notification(1, "Available"),
-    )
-    .await?;
-    let auth = s.call("Authorize", &v16::authorize(&args.id_tag)).await?;
-    if field(&auth, "/idTagInfo/status") != "Accepted" {
-        bail!("idTag {} not accepted: {auth}", args.id_tag);
+    s.call("StatusNotification", &opening.status).await?;
+    let auth = s.call("Authorize", &opening.authorize).await?;
+    if field(&auth, opening.auth_status) != "Accepted" {
+        bail!("id tag {} not accepted: {auth}", args.id_tag);
     }
+    Ok(())
+}
+
+async fn script_v16(s: &mut Session, args: &Args, id: &str) -> Result<()> {
+    let opening = Opening {
+        boot: v16::boot_notification(id),
+        status: v16::status_notification(1, "Available"),
+        authorize: v16::authorize(&args.id_tag),
+        auth_status: "/idTagInfo/status",
+    };
+    greet(s, args, opening).await?;
     let mut meter: i64 = 0;
     for _ in 0..args.transactions {
         let start = s
@@ -199,24 +215,13 @@ async fn script_v16(s: &mut Session, args: &Args, id: &str) -> Result<()> {
 }
 
 async fn script_v201(s: &mut Session, args: &Args, id: &str) -> Result<()> {
-    let boot = s
-        .call("BootNotification", &v201::boot_notification(id))
-        .await?;
-    if field(&boot, "/status") != "Accepted" {
-        bail!("BootNotification not accepted: {boot}");
-    }
-    for _ in 0..args.heartbeats {
-        s.call("Heartbeat", &json!({})).await?;
-    }
-    s.call(
-        "StatusNotification",
-        &v201::status_notification(1, 1, "Available"),
-    )
-    .await?;
-    let auth = s.call("Authorize", &v201::authorize(&args.id_tag)).await?;
-    if field(&auth, "/idTokenInfo/status") != "Accepted" {
-        bail!("idToken {} not accepted: {auth}", args.id_tag);
-    }
+    let opening = Opening {
+        boot: v201::boot_notification(id),
+        status: v201::status_notification(1, 1, "Available"),
+        authorize: v201::authorize(&args.id_tag),
+        auth_status: "/idTokenInfo/status",
+    };
+    greet(s, args, opening).await?;
     let mut meter: i64 = 0;
     for _ in 0..args.transactions {
         let transaction_id = uuid::Uuid::new_v4().to_string();
