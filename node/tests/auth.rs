@@ -14,39 +14,19 @@ async fn profile_1_refuses_wrong_credentials_at_the_upgrade() {
     );
     let url = &node.charger_url;
 
-    assert_eq!(
-        connect(url, "CP-1", Some("ocpp1.6"), Some(("CP-1", "wrong")))
-            .await
-            .err(),
-        Some(401)
-    );
-    assert_eq!(
-        connect(url, "CP-1", Some("ocpp1.6"), None).await.err(),
-        Some(401)
-    );
-    // The user must be the charger id in the URL: one charger cannot log in as another.
-    assert_eq!(
-        connect(
-            url,
-            "CP-2",
-            Some("ocpp1.6"),
-            Some(("CP-1", "correct horse"))
-        )
-        .await
-        .err(),
-        Some(401)
-    );
-    assert_eq!(
-        connect(
-            url,
-            "CP-2",
-            Some("ocpp1.6"),
-            Some(("CP-2", "correct horse"))
-        )
-        .await
-        .err(),
-        Some(401)
-    );
+    // (charger id in the URL, Basic credentials): each is refused at the upgrade with 401.
+    let refused: [(&str, Option<(&str, &str)>); 4] = [
+        ("CP-1", Some(("CP-1", "wrong"))),
+        ("CP-1", None),
+        // The user must be the charger id in the URL: one charger cannot log in as another.
+        ("CP-2", Some(("CP-1", "correct horse"))),
+        // A charger with no password configured cannot log in with anyone's.
+        ("CP-2", Some(("CP-2", "correct horse"))),
+    ];
+    for (id, basic) in refused {
+        let outcome = connect(url, id, Some("ocpp1.6"), basic).await.err();
+        assert_eq!(outcome, Some(401), "{id} with {basic:?}");
+    }
 
     let mut ws = connect(
         url,

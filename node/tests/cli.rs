@@ -3,7 +3,7 @@
 mod common;
 use std::process::Command;
 
-use common::{BIN, NodeProc, connect};
+use common::{BIN, NodeProc, check_config, connect};
 
 #[test]
 fn check_config_names_every_mistake() {
@@ -23,13 +23,8 @@ security_profile = "high"
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    let (valid, text) = check_config(&file);
+    assert!(!valid);
     for path in [
         "node.colour",
         "listener[0].bind",
@@ -44,16 +39,8 @@ security_profile = "high"
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[node]\nid = \"site-1\"\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (valid, text) = check_config(&good);
+    assert!(valid, "{text}");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{BIN, NodeProc, hash_password};
+use common::{NodeProc, check_config, hash_password};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -238,54 +238,38 @@ async fn profile_3_mutual_tls_checks_cn_and_cpo() {
     assert_eq!(outcome, Outcome::Upgraded);
     assert!(boots(&mut ws.unwrap()).await);
 
-    // Wrong CN: the certificate of CP-2 cannot open CP-1's session.
-    assert_eq!(
-        connect(
-            url,
-            "localhost",
-            with_cert("CP-2", Some("Test CPO")),
-            "CP-1",
-            None
-        )
-        .await
-        .0,
-        Outcome::Http(403)
-    );
-    // Wrong CPO in O.
-    assert_eq!(
-        connect(
-            url,
-            "localhost",
-            with_cert("CP-1", Some("Other CPO")),
-            "CP-1",
-            None
-        )
-        .await
-        .0,
-        Outcome::Http(403)
-    );
-    // No client certificate, or one from an untrusted CA: refused in the TLS handshake.
-    assert_eq!(
-        connect(
-            url,
-            "localhost",
-            client_config(&pki.server_ca, None),
-            "CP-1",
-            None
-        )
-        .await
-        .0,
-        Outcome::Failed
-    );
     let rogue = ca("Rogue CA");
-    let untrusted = client_config(
-        &pki.server_ca,
-        Some(leaf(&rogue, &[], "CP-1", Some("Test CPO"))),
-    );
-    assert_eq!(
-        connect(url, "localhost", untrusted, "CP-1", None).await.0,
-        Outcome::Failed
-    );
+    let refused = [
+        // Wrong CN: the certificate of CP-2 cannot open CP-1's session.
+        (
+            "CN of another charger",
+            with_cert("CP-2", Some("Test CPO")),
+            Outcome::Http(403),
+        ),
+        (
+            "wrong CPO in O",
+            with_cert("CP-1", Some("Other CPO")),
+            Outcome::Http(403),
+        ),
+        // No client certificate, or one from an untrusted CA: refused in the TLS handshake.
+        (
+            "no client certificate",
+            client_config(&pki.server_ca, None),
+            Outcome::Failed,
+        ),
+        (
+            "certificate from an untrusted CA",
+            client_config(
+                &pki.server_ca,
+                Some(leaf(&rogue, &[], "CP-1", Some("Test CPO"))),
+            ),
+            Outcome::Failed,
+        ),
+    ];
+    for (case, tls, expected) in refused {
+        let outcome = connect(url, "localhost", tls, "CP-1", None).await.0;
+        assert_eq!(outcome, expected, "{case}");
+    }
     let log = node.stderr_log();
     assert!(log.contains("TLS handshake failed"), "{log}");
     assert!(log.contains("is not the charger id"), "{log}");
@@ -310,13 +294,8 @@ fn check_config_loads_the_tls_files() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    let (valid, text) = check_config(&file);
+    assert!(!valid);
     for key in [
         "listener[0].tls_cert_file",
         "listener[0].tls_key_file",

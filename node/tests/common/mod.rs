@@ -258,3 +258,17 @@ pub fn hash_password(password: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// Runs `ocpp-node check-config FILE`: whether it found the file valid, and the mistakes it
+/// reported (on stderr).
+pub fn check_config(file: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .expect("run check-config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
