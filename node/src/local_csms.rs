@@ -52,16 +52,22 @@ const NOTIFICATIONS_2X: &[&str] = &[
     "ClearedChargingLimit",
 ];
 
-/// Answers one validated request. The parsed payload is taken by value, so transaction messages
-/// move it into the store job instead of copying it; `raw` is the payload exactly as received,
-/// kept where bytes matter (signed meter values).
+/// One validated CALL from a charger.
+pub struct Request<'a> {
+    pub action: &'a str,
+    /// Taken by value: transaction messages move it into the store job instead of copying it.
+    pub payload: Value,
+    /// The payload exactly as received, kept where bytes matter (signed meter values).
+    pub raw: &'a str,
+}
+
+/// Answers one validated request.
 pub async fn handle(
     node: &Node,
     cs: &Charger<'_>,
-    action: &str,
-    req: Value,
-    raw: &str,
+    request: Request<'_>,
 ) -> Result<Outcome, StoreError> {
+    let action = request.action;
     let v16 = cs.version == OcppVersion::V16;
     let notifications = if v16 {
         NOTIFICATIONS_16
@@ -75,8 +81,8 @@ pub async fn handle(
         "Heartbeat" => json!({"currentTime": now()}),
         "DataTransfer" => json!({"status": "UnknownVendorId"}),
         a if notifications.contains(&a) => json!({}),
-        _ if v16 => return handle_16(node, cs, action, req, raw).await,
-        _ => return handle_2x(node, cs, action, req, raw).await,
+        _ if v16 => return handle_16(node, cs, request).await,
+        _ => return handle_2x(node, cs, request).await,
     };
     Ok(Outcome::Reply(reply))
 }
@@ -100,10 +106,13 @@ fn str_field(req: &Value, key: &str) -> String {
 async fn handle_16(
     node: &Node,
     cs: &Charger<'_>,
-    action: &str,
-    req: Value,
-    raw: &str,
+    request: Request<'_>,
 ) -> Result<Outcome, StoreError> {
+    let Request {
+        action,
+        payload: req,
+        raw,
+    } = request;
     let id_tag_info = |tag: &str| json!({"status": auth_status(node, tag).as_str()});
     let reply = match action {
         "Authorize" => json!({"idTagInfo": id_tag_info(req["idTag"].as_str().unwrap_or_default())}),
@@ -166,10 +175,13 @@ async fn handle_16(
 async fn handle_2x(
     node: &Node,
     cs: &Charger<'_>,
-    action: &str,
-    req: Value,
-    raw: &str,
+    request: Request<'_>,
 ) -> Result<Outcome, StoreError> {
+    let Request {
+        action,
+        payload: req,
+        raw,
+    } = request;
     let token_info = |token: &Value| json!({"status": auth_status(node, token["idToken"].as_str().unwrap_or_default()).as_str()});
     let reply = match action {
         "Authorize" => json!({"idTokenInfo": token_info(&req["idToken"])}),

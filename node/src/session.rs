@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wire::text::{Body, Frame, decode_plain};
 use wire::{ErrorCode, Limits, OcppVersion};
 
-use crate::local_csms::{self, Charger, Outcome};
+use crate::local_csms::{self, Charger, Outcome, Request};
 use crate::schema::Direction;
 use crate::state::{Node, SessionInfo};
 
@@ -190,7 +190,7 @@ impl Session {
                 &format!("unknown action {action:?} in {}", self.version),
             );
         }
-        let request = match self.check_payload(action, payload) {
+        let parsed = match self.check_payload(action, payload) {
             Ok(v) => v,
             Err((code, why)) => return self.error(id, code, &why),
         };
@@ -198,7 +198,12 @@ impl Session {
             id: &self.charger_id,
             version: self.version,
         };
-        match local_csms::handle(&self.node, &cs, action, request, payload).await {
+        let request = Request {
+            action,
+            payload: parsed,
+            raw: payload,
+        };
+        match local_csms::handle(&self.node, &cs, request).await {
             Ok(Outcome::Reply(response)) => {
                 debug_assert_eq!(
                     self.node.schemas.validate(
