@@ -23,7 +23,7 @@ pub fn router(node: Arc<Node>) -> axum::Router {
 }
 
 /// The status document; `ocpp-node status` renders the same JSON for humans.
-pub fn status_json(node: &Node) -> Value {
+pub async fn status_json(node: &Node) -> Value {
     let mut chargers: Vec<Value> = node
         .sessions
         .iter()
@@ -39,6 +39,27 @@ pub fn status_json(node: &Node) -> Value {
         })
         .collect();
     chargers.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let uplinks = node
+        .uplinks
+        .lock()
+        .map(|u| u.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    // The routing state belongs to the router task; ask it rather than share it behind a lock.
+    let routing = match &node.router {
+        Some(router) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let asked = router
+                .send(crate::router::Event::Snapshot(tx))
+                .await
+                .is_ok();
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+            match (asked, answer) {
+                (true, Ok(Ok(v))) => v,
+                _ => json!({"error": "the router did not answer"}),
+            }
+        }
+        None => json!({"routes": [], "overlayLinks": [], "csmsConnections": []}),
+    };
     json!({
         "node": {
             "id": node.config.node.id,
@@ -48,9 +69,10 @@ pub fn status_json(node: &Node) -> Value {
         "uptimeSeconds": node.started.elapsed().as_secs(),
         "listeners": node.listeners.get().cloned().unwrap_or_default(),
         "chargers": chargers,
-        // A standalone local controller has no uplink and routes nothing beyond its chargers.
-        "uplinks": [],
-        "routes": [],
+        "uplinks": uplinks,
+        "overlayLinks": routing["overlayLinks"],
+        "routes": routing["routes"],
+        "csmsConnections": routing["csmsConnections"],
     })
 }
 
@@ -64,7 +86,7 @@ fn role_name(role: crate::config::Role) -> &'static str {
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(status_json(&node))
+    Json(status_json(&node).await)
 }
 
 async fn list_transactions(State(node): State<Arc<Node>>) -> Response {

@@ -52,6 +52,14 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Per-charger settings, keyed by charger id.
     pub chargers: BTreeMap<String, ChargerConfig>,
+    /// Timers and limits of the overlay (edge and hub roles).
+    pub overlay: OverlayConfig,
+    /// Overlay uplinks, tried in priority order; at most one is up at a time.
+    pub uplink: Vec<UplinkConfig>,
+    /// Node identities allowed to open overlay connections to this node, keyed by node id.
+    pub node_peers: BTreeMap<String, NodePeerConfig>,
+    /// Present when this node owns the CSMS side (the hub).
+    pub hub: Option<HubConfig>,
 }
 
 impl Default for Config {
@@ -63,6 +71,10 @@ impl Default for Config {
             local_csms: LocalCsmsConfig::default(),
             auth: AuthConfig::default(),
             chargers: BTreeMap::new(),
+            overlay: OverlayConfig::default(),
+            uplink: Vec::new(),
+            node_peers: BTreeMap::new(),
+            hub: None,
         }
     }
 }
@@ -74,6 +86,8 @@ pub struct NodeConfig {
     pub role: Role,
     /// Relative paths are relative to the working directory.
     pub data_dir: PathBuf,
+    /// Outbound secrets (uplink and CSMS passwords), kept apart from the config (§6.4).
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +96,7 @@ impl Default for NodeConfig {
             id: "local-controller".to_owned(),
             role: Role::LocalController,
             data_dir: PathBuf::from("ocpp-node-data"),
+            secrets_file: None,
         }
     }
 }
@@ -232,6 +247,82 @@ impl AuthStatus {
 impl fmt::Display for AuthStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayConfig {
+    /// Deadline of a CALL at the node that translates it for a plain peer.
+    pub request_timeout_s: u64,
+    /// `ttl` of this node's NotifyNetworkTopology; refreshed every third of it.
+    pub announce_ttl_s: u64,
+    /// WebSocket ping interval on overlay links; two silent intervals close the link.
+    pub ping_interval_s: u64,
+    /// Dial timeout of an uplink or CSMS connection (TCP, TLS and upgrade).
+    pub connect_timeout_s: u64,
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub hop_limit: usize,
+    /// Hub: how long chargers' CSMS sockets outlive the loss of their edge's link.
+    pub csms_grace_s: u64,
+    /// Whether a charger id claimed through one node link may move to another.
+    pub allow_move: bool,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig {
+            request_timeout_s: 30,
+            announce_ttl_s: 300,
+            ping_interval_s: 20,
+            connect_timeout_s: 10,
+            reconnect_initial_ms: 500,
+            reconnect_max_ms: 30_000,
+            hop_limit: 16,
+            csms_grace_s: 30,
+            allow_move: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    pub name: String,
+    /// `ws://` or `wss://` base; the node dials `<url>/<node id>`.
+    pub url: String,
+    /// Lower is preferred.
+    #[serde(default)]
+    pub priority: u32,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodePeerConfig {
+    /// Charger-id globs the peer may speak and announce for; its own id is always allowed.
+    pub allow: Vec<String>,
+    /// PHC hash of the peer's Basic-auth password (profiles 1 and 2).
+    pub password_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// `ws://` or `wss://` base; each charger is dialled at `<csms_url>/<charger id>`.
+    pub csms_url: String,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Whether this node runs the overlay (edge or hub) rather than standalone.
+    pub fn is_overlay(&self) -> bool {
+        !self.uplink.is_empty() || self.hub.is_some()
     }
 }
 
@@ -616,6 +707,193 @@ fn check_tls(profile: u8, mut err: impl FnMut(&str, String), l: &ListenerConfig)
     }
 }
 
+/// Which combinations of role, uplinks and hub make sense.
+fn check_roles(config: &Config, err: &mut impl FnMut(String, String)) {
+    match config.node.role {
+        Role::Hub if !config.is_overlay() => err(
+            "node.role".into(),
+            "role \"hub\" needs [hub] csms_url or at least one [[uplink]]".into(),
+        ),
+        Role::Edge if config.uplink.is_empty() => err(
+            "node.role".into(),
+            "role \"edge\" needs at least one [[uplink]]".into(),
+        ),
+        Role::Edge | Role::LocalController if config.hub.is_some() => err(
+            "hub".into(),
+            format!(
+                "[hub] is for role \"hub\", not {:?}",
+                config.node.role.as_str()
+            ),
+        ),
+        _ => {}
+    }
+}
+
+/// Bounds of the overlay timers: (key, value, range).
+fn overlay_bounds(o: &OverlayConfig) -> [(&'static str, u64, std::ops::RangeInclusive<u64>); 8] {
+    [
+        ("request_timeout_s", o.request_timeout_s, 1..=3600),
+        ("announce_ttl_s", o.announce_ttl_s, 3..=86_400),
+        ("ping_interval_s", o.ping_interval_s, 1..=3600),
+        ("connect_timeout_s", o.connect_timeout_s, 1..=300),
+        ("reconnect_initial_ms", o.reconnect_initial_ms, 10..=600_000),
+        ("reconnect_max_ms", o.reconnect_max_ms, 10..=3_600_000),
+        ("hop_limit", o.hop_limit as u64, 1..=16),
+        ("csms_grace_s", o.csms_grace_s, 0..=3600),
+    ]
+}
+
+/// A `ws://` or `wss://` URL with a host and no query; true for `wss`.
+pub fn check_ws_url(url: &str) -> Result<bool, String> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(format!("{url:?} must start with ws:// or wss://")),
+    };
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.query().is_some() || url.ends_with('/') {
+        return Err(format!(
+            "{url:?} must not end with '/' or carry a query: the id is appended as /<id>"
+        ));
+    }
+    Ok(tls)
+}
+
+/// TLS files of an outbound connection: only for wss, the client key with its certificate.
+fn check_client_tls(
+    path: &str,
+    tls: bool,
+    ca: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    err: &mut impl FnMut(String, String),
+) {
+    let files = [
+        ("tls_ca_file", ca),
+        ("tls_cert_file", cert),
+        ("tls_key_file", key),
+    ];
+    for (name, file) in files {
+        let Some(file) = file else { continue };
+        if !tls {
+            err(
+                format!("{path}.{name}"),
+                "TLS files need a wss:// URL".into(),
+            );
+            continue;
+        }
+        let loaded = if name == "tls_key_file" {
+            crate::tls::load_key(file).map(drop)
+        } else {
+            crate::tls::load_certs(file).map(drop)
+        };
+        if let Err(e) = loaded {
+            err(format!("{path}.{name}"), format!("cannot load: {e}"));
+        }
+    }
+    if cert.is_some() != key.is_some() {
+        err(
+            path.to_owned(),
+            "tls_cert_file and tls_key_file go together".into(),
+        );
+    }
+}
+
+fn check_overlay(config: &Config, err: &mut impl FnMut(String, String)) {
+    for (key, value, range) in overlay_bounds(&config.overlay) {
+        if !range.contains(&value) {
+            err(
+                format!("overlay.{key}"),
+                format!("{value} is outside {}..={}", range.start(), range.end()),
+            );
+        }
+    }
+    if config.overlay.reconnect_max_ms < config.overlay.reconnect_initial_ms {
+        err(
+            "overlay.reconnect_max_ms".into(),
+            "must be at least reconnect_initial_ms".into(),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, u) in config.uplink.iter().enumerate() {
+        let path = format!("uplink[{i}]");
+        if u.name.is_empty() || u.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            err(
+                format!("{path}.name"),
+                "must be non-empty and contain no spaces".into(),
+            );
+        }
+        if !names.insert(u.name.as_str()) {
+            err(
+                format!("{path}.name"),
+                format!("duplicate uplink name {:?}", u.name),
+            );
+        }
+        match check_ws_url(&u.url) {
+            Ok(tls) => check_client_tls(
+                &path,
+                tls,
+                &u.tls_ca_file,
+                &u.tls_cert_file,
+                &u.tls_key_file,
+                err,
+            ),
+            Err(m) => err(format!("{path}.url"), m),
+        }
+    }
+    for (id, peer) in &config.node_peers {
+        let path = key_path("node_peers", id);
+        if let Err(m) = valid_node_id(id) {
+            err(path.clone(), m.into());
+        }
+        if *id == config.node.id {
+            err(path.clone(), "a node cannot be its own peer".into());
+        }
+        if config.chargers.contains_key(id) {
+            err(
+                path.clone(),
+                "also configured as a charger; an id is a node or a charger".into(),
+            );
+        }
+        for (k, pattern) in peer.allow.iter().enumerate() {
+            if let Err(e) = routing::Glob::new(pattern.as_str()) {
+                err(format!("{path}.allow[{k}]"), e.to_string());
+            }
+        }
+        if let Some(hash) = &peer.password_hash
+            && let Err(e) = argon2::PasswordHash::new(hash)
+        {
+            err(
+                format!("{path}.password_hash"),
+                format!("not a valid PHC password hash ({e}); use `ocpp-node hash-password`"),
+            );
+        }
+    }
+    if let Some(hub) = &config.hub {
+        match check_ws_url(&hub.csms_url) {
+            Ok(tls) => check_client_tls(
+                "hub",
+                tls,
+                &hub.tls_ca_file,
+                &hub.tls_cert_file,
+                &hub.tls_key_file,
+                err,
+            ),
+            Err(m) => err("hub.csms_url".into(), m),
+        }
+    }
+    if let Some(file) = &config.node.secrets_file
+        && let Err(e) = crate::secrets::Secrets::load(file)
+    {
+        err("node.secrets_file".into(), e.to_string());
+    }
+}
+
 fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
@@ -623,15 +901,7 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
     if let Err(m) = valid_node_id(&config.node.id) {
         err("node.id".into(), m.into());
     }
-    if config.node.role != Role::LocalController {
-        err(
-            "node.role".into(),
-            format!(
-                "role {:?} is not implemented in this build (only \"local-controller\" is)",
-                config.node.role.as_str()
-            ),
-        );
-    }
+    check_roles(config, &mut err);
     if config.node.data_dir.as_os_str().is_empty() {
         err("node.data_dir".into(), "must not be empty".into());
     }
@@ -643,7 +913,11 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
             "at least one [[listener]] is required".into(),
         );
     }
-    let any_password = config.chargers.values().any(|c| c.password_hash.is_some());
+    let any_password = config.chargers.values().any(|c| c.password_hash.is_some())
+        || config
+            .node_peers
+            .values()
+            .any(|p| p.password_hash.is_some());
     let lpath =
         |i: usize, field: &str| format!("listener[{}].{field}", removed.original("listener", i));
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -692,7 +966,7 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
             1 | 2 if !any_password => err(
                 lpath(i, "security_profile"),
                 format!(
-                    "security_profile {} needs at least one [chargers.<id>] password_hash",
+                    "security_profile {} needs at least one [chargers.<id>] or [node_peers.<id>] password_hash",
                     l.security_profile
                 ),
             ),
@@ -772,6 +1046,8 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
             );
         }
     }
+
+    check_overlay(config, &mut err);
 
     for (id, charger) in &config.chargers {
         let path = key_path("chargers", id);
@@ -1066,13 +1342,105 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_roles_are_refused() {
-        for role in ["edge", "hub"] {
-            let errs = errors(&format!("[node]\nrole = {role:?}\n"));
-            assert_eq!(errs.len(), 1);
-            assert_eq!(errs[0].0, "node.role");
-            assert!(errs[0].1.contains("not implemented in this build"));
+    fn roles_need_their_links() {
+        let errs = errors("[node]\nrole = \"edge\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "node.role");
+        assert!(errs[0].1.contains("needs at least one [[uplink]]"));
+        let errs = errors("[node]\nrole = \"hub\"\n");
+        assert_eq!(errs[0].0, "node.role");
+        assert!(errs[0].1.contains("[hub] csms_url"));
+        let errs = errors(
+            "[node]\nrole = \"edge\"\n[[uplink]]\nname = \"h\"\nurl = \"ws://h:1/o\"\n[hub]\ncsms_url = \"ws://c/o\"\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "hub");
+    }
+
+    #[test]
+    fn valid_edge_and_hub_configs_parse() {
+        let edge = Config::parse(
+            r#"
+            [node]
+            id = "edge1"
+            role = "edge"
+            [overlay]
+            request_timeout_s = 5
+            reconnect_initial_ms = 100
+            reconnect_max_ms = 1000
+            [[uplink]]
+            name = "hub1"
+            url = "ws://127.0.0.1:9100/ocpp"
+            [[uplink]]
+            name = "hub2"
+            url = "ws://127.0.0.1:9200/ocpp"
+            priority = 1
+            [node_peers.edge0]
+            allow = ["CP-*"]
+            "#,
+        )
+        .expect("valid edge");
+        assert!(edge.is_overlay());
+        assert_eq!(edge.uplink[1].priority, 1);
+        assert_eq!(edge.overlay.request_timeout_s, 5);
+        assert_eq!(edge.node_peers["edge0"].allow, ["CP-*"]);
+        let hub = Config::parse(
+            "[node]\nid = \"hub\"\nrole = \"hub\"\n[hub]\ncsms_url = \"wss://csms.example:443/ocpp\"\n",
+        )
+        .expect("valid hub");
+        assert!(hub.is_overlay());
+    }
+
+    #[test]
+    fn overlay_mistakes_are_all_reported() {
+        let p = paths(
+            r#"
+            [node]
+            id = "edge1"
+            role = "edge"
+            secrets_file = "/nonexistent/secrets.toml"
+            [overlay]
+            request_timeout_s = 0
+            reconnect_initial_ms = 5000
+            reconnect_max_ms = 1000
+            hop_limit = 17
+            [[uplink]]
+            name = "a"
+            url = "http://x/ocpp"
+            [[uplink]]
+            name = "a"
+            url = "ws://x/ocpp/"
+            tls_ca_file = "ca.pem"
+            [node_peers.edge1]
+            allow = [""]
+            [node_peers."CS:MS"]
+            password_hash = "nope"
+            "#,
+        );
+        for expected in [
+            "node.secrets_file",
+            "overlay.request_timeout_s",
+            "overlay.reconnect_max_ms",
+            "overlay.hop_limit",
+            "uplink[0].url",
+            "uplink[1].name",
+            "uplink[1].url",
+            "node_peers.edge1",
+            "node_peers.edge1.allow[0]",
+            "node_peers.\"CS:MS\"",
+            "node_peers.\"CS:MS\".password_hash",
+        ] {
+            assert!(p.iter().any(|x| x == expected), "{expected} missing from {p:?}");
         }
+    }
+
+    #[test]
+    fn ws_urls() {
+        assert_eq!(check_ws_url("ws://127.0.0.1:9000/ocpp"), Ok(false));
+        assert_eq!(check_ws_url("wss://csms.example/ocpp"), Ok(true));
+        assert!(check_ws_url("ws:///ocpp").is_err());
+        assert!(check_ws_url("https://x/ocpp").is_err());
+        assert!(check_ws_url("ws://x/ocpp?a=1").is_err());
     }
 
     #[test]
@@ -1179,7 +1547,7 @@ mod tests {
         assert!(
             errs[0]
                 .1
-                .contains("needs at least one [chargers.<id>] password_hash")
+                .contains("needs at least one [chargers.<id>] or [node_peers.<id>] password_hash")
         );
 
         // Profile 1 is fine once a charger has a hash; the bounds themselves are accepted.

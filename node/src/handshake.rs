@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use wire::OcppVersion;
 
 use crate::config::{ListenerConfig, MissingSubprotocol, valid_charger_id};
+use crate::dial::{NETWORKING_MODE, OVERLAY_NETWORK};
 use crate::state::Node;
 use crate::tls::PeerIdentity;
 
@@ -27,9 +28,18 @@ pub struct Upgraded<S> {
     /// Numbered when the 101 is written: a larger number is a newer connection, whatever order
     /// the sessions register in afterwards.
     pub conn_id: u64,
-    pub charger_id: String,
-    pub version: OcppVersion,
+    /// The authenticated identity: a charger id, or a node id for an overlay link.
+    pub id: String,
+    pub peer: Peer,
     pub ws: WebSocketStream<S>,
+}
+
+/// Who completed the upgrade.
+pub enum Peer {
+    /// A plain OCPP-J charger, with the negotiated version.
+    Charger(OcppVersion),
+    /// A configured node peer granted overlay mode, with the ids it may speak for.
+    Node(routing::AllowList),
 }
 
 /// Why an upgrade was refused: the HTTP answer, the log text and a fixed metric label.
@@ -90,7 +100,7 @@ where
             return None;
         }
     };
-    let (charger_id, version) = match decide(node, cfg, &req, tls_peer.as_ref()).await {
+    let (id, kind) = match decide(node, cfg, &req, tls_peer.as_ref()).await {
         Ok(ok) => ok,
         Err(refusal) => {
             refuse(node, &mut stream, peer, refusal).await;
@@ -103,11 +113,18 @@ where
         derive_accept_key(key.as_bytes())
     );
     // Echo a subprotocol only when one was offered: a client that offered none must not get one.
-    if !req.protocols.is_empty() {
-        response.push_str(&format!(
+    match (&kind, req.protocols.first()) {
+        (Peer::Charger(version), Some(_)) => response.push_str(&format!(
             "Sec-WebSocket-Protocol: {}\r\n",
             version.subprotocol()
-        ));
+        )),
+        (Peer::Node(_), Some(first)) => {
+            response.push_str(&format!("Sec-WebSocket-Protocol: {first}\r\n"))
+        }
+        _ => {}
+    }
+    if matches!(kind, Peer::Node(_)) {
+        response.push_str(&format!("{NETWORKING_MODE}: {OVERLAY_NETWORK}\r\n"));
     }
     response.push_str("\r\n");
     let conn_id = node.next_conn_id();
@@ -115,15 +132,37 @@ where
         tracing::debug!(%peer, error = %e, "client left during the upgrade");
         return None;
     }
+    let config = match kind {
+        Peer::Charger(_) => ws_config(cfg),
+        Peer::Node(_) => overlay_ws_config(node),
+    };
     let ws =
-        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config(cfg)))
-            .await;
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
     Some(Upgraded {
         conn_id,
-        charger_id,
-        version,
+        id,
+        peer: kind,
         ws,
     })
+}
+
+/// Overlay links carry many chargers' frames: a bigger read buffer, and a frame limit that
+/// admits any frame a charger listener admits plus the overlay's dest and path.
+pub fn overlay_ws_config(node: &Node) -> WebSocketConfig {
+    let largest = node
+        .config
+        .listener
+        .iter()
+        .map(|l| l.max_frame_bytes)
+        .max()
+        .unwrap_or(1024 * 1024);
+    let limit = largest + 64 * 1024;
+    WebSocketConfig::default()
+        .read_buffer_size(64 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * limit)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
 }
 
 /// Buffers are kept small because most chargers are idle most of the time; the frame limit is
@@ -219,13 +258,13 @@ impl Request {
     }
 }
 
-/// Checks the request against the listener's rules; on success, who is connecting with which version.
+/// Checks the request against the listener's rules; on success, who is connecting and as what.
 async fn decide(
     node: &Node,
     cfg: &ListenerConfig,
     req: &Request,
     tls_peer: Option<&PeerIdentity>,
-) -> Result<(String, OcppVersion), Refusal> {
+) -> Result<(String, Peer), Refusal> {
     if req.method != "GET" {
         return Err(Refusal::new(
             405,
@@ -240,24 +279,79 @@ async fn decide(
             "not a WebSocket (version 13) upgrade request",
         ));
     }
-    let charger_id = charger_id_from_path(&req.path, &cfg.path, &node.config.node.id)?;
+    let id = charger_id_from_path(&req.path, &cfg.path, &node.config.node.id)?;
+    let node_peer = node.config.node_peers.get(&id);
     if let Some(mode) = &req.networking_mode {
-        // Overlay mode is for configured node identities only; this listener serves chargers.
+        return decide_node(node, cfg, req, tls_peer, id, mode).await;
+    }
+    if node_peer.is_some() {
         return Err(Refusal::new(
             403,
-            "overlay_refused",
-            format!(
-                "{charger_id:?} asked for networking mode {mode:?}; overlay mode is granted only to configured node identities"
-            ),
+            "node_as_charger",
+            format!("{id:?} is a configured node peer; nodes must ask for overlay mode"),
         ));
     }
-    let version = negotiate(cfg, &req.protocols, &charger_id)?;
+    let version = negotiate(cfg, &req.protocols, &id)?;
+    let hash = node
+        .config
+        .chargers
+        .get(&id)
+        .and_then(|c| c.password_hash.clone());
     match cfg.security_profile {
         0 => {}
-        1 | 2 => authenticate(node, &charger_id, req.authorization.as_deref()).await?,
-        _ => check_certificate(cfg, &charger_id, tls_peer)?,
+        1 | 2 => authenticate(node, &id, hash, req.authorization.as_deref()).await?,
+        _ => check_certificate(cfg, &id, tls_peer)?,
     }
-    Ok((charger_id, version))
+    Ok((id, Peer::Charger(version)))
+}
+
+/// Overlay mode is granted only to configured node identities, never to chargers (§6.2), and
+/// only after the same authentication the listener asks of chargers.
+async fn decide_node(
+    node: &Node,
+    cfg: &ListenerConfig,
+    req: &Request,
+    tls_peer: Option<&PeerIdentity>,
+    id: String,
+    mode: &str,
+) -> Result<(String, Peer), Refusal> {
+    let refuse = |why: String| {
+        node.security_event("overlay_refused", &why);
+        Refusal::new(403, "overlay_refused", why)
+    };
+    if !mode.eq_ignore_ascii_case(OVERLAY_NETWORK) {
+        return Err(refuse(format!(
+            "{id:?} asked for unknown networking mode {mode:?}"
+        )));
+    }
+    let Some(peer) = node.config.node_peers.get(&id) else {
+        return Err(refuse(format!(
+            "{id:?} asked for networking mode {mode:?}; overlay mode is granted only to configured node identities"
+        )));
+    };
+    if node.router.is_none() {
+        return Err(refuse(format!(
+            "{id:?} asked for overlay mode, but this node runs standalone (no uplink, no hub)"
+        )));
+    }
+    match cfg.security_profile {
+        0 => {}
+        1 | 2 => {
+            authenticate(
+                node,
+                &id,
+                peer.password_hash.clone(),
+                req.authorization.as_deref(),
+            )
+            .await?
+        }
+        _ => check_certificate(cfg, &id, tls_peer)?,
+    }
+    // A node always speaks for itself: its own CALLs and errors start with its id.
+    let allow =
+        routing::AllowList::parse(peer.allow.iter().map(String::as_str).chain([id.as_str()]))
+            .map_err(|e| Refusal::new(500, "config", format!("allow-list of {id:?}: {e}")))?;
+    Ok((id, Peer::Node(allow)))
 }
 
 fn charger_id_from_path(path: &str, prefix: &str, node_id: &str) -> Result<String, Refusal> {
@@ -332,7 +426,12 @@ fn negotiate(
         })
 }
 
-async fn authenticate(node: &Node, charger_id: &str, header: Option<&str>) -> Result<(), Refusal> {
+async fn authenticate(
+    node: &Node,
+    charger_id: &str,
+    hash: Option<String>,
+    header: Option<&str>,
+) -> Result<(), Refusal> {
     let unauthorized = |why: String| Refusal {
         ask_for_credentials: true,
         ..Refusal::new(401, "auth", why)
@@ -345,12 +444,8 @@ async fn authenticate(node: &Node, charger_id: &str, header: Option<&str>) -> Re
             "Basic-auth user {user:?} is not the charger id {charger_id:?}"
         )));
     }
-    let hash = node
-        .config
-        .chargers
-        .get(charger_id)
-        .and_then(|c| c.password_hash.clone())
-        .ok_or_else(|| unauthorized(format!("{charger_id:?} has no password configured")))?;
+    let hash =
+        hash.ok_or_else(|| unauthorized(format!("{charger_id:?} has no password configured")))?;
     if node.verifier.verify(password, hash).await {
         Ok(())
     } else {

@@ -10,6 +10,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
+use crate::handshake::Peer;
+use crate::overlay_link::LinkSpec;
+use crate::session::Charger;
 use crate::state::{ListenerInfo, Node};
 use crate::tls::{self, PeerIdentity};
 
@@ -112,7 +115,30 @@ async fn upgrade<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(up) = crate::handshake::accept(&node, &cfg, stream, peer, identity).await {
-        crate::session::run(node, cfg.name.clone(), cfg.max_frame_bytes, up, peer).await;
+    let Some(up) = crate::handshake::accept(&node, &cfg, stream, peer, identity).await else {
+        return;
+    };
+    match up.peer {
+        Peer::Charger(version) => {
+            let charger = Charger {
+                conn_id: up.conn_id,
+                id: up.id,
+                version,
+                listener: cfg.name.clone(),
+                max_frame_bytes: cfg.max_frame_bytes,
+                remote: peer,
+            };
+            crate::session::run(node, charger, up.ws).await;
+        }
+        Peer::Node(allow) => {
+            let spec = LinkSpec {
+                link: routing::LinkId(up.conn_id),
+                peer: up.id,
+                allow,
+                uplink: None,
+                remote: peer,
+            };
+            crate::overlay_link::run(node, spec, up.ws).await;
+        }
     }
 }

@@ -7,17 +7,23 @@
 mod admin;
 mod auth;
 mod config;
+mod csms_connector;
+mod dial;
 mod handshake;
 mod listener;
 mod local_csms;
 mod metrics;
+mod overlay_link;
+mod router;
 mod schema;
+mod secrets;
 mod session;
 mod state;
 mod status;
 mod store;
 mod tls;
 mod transactions;
+mod uplink;
 
 use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
@@ -145,10 +151,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             store_path.display()
         )
     })?;
-    let node = Arc::new(Node::new(config, store, metrics::Metrics::new()?));
+    let secrets = match &config.node.secrets_file {
+        Some(path) => secrets::Secrets::load(path)?,
+        None => secrets::Secrets::default(),
+    };
+    let overlay = config.is_overlay();
+    let (router_tx, router_rx) = tokio::sync::mpsc::channel(4096);
+    let node = Arc::new(Node::new(
+        config,
+        secrets,
+        store,
+        metrics::Metrics::new()?,
+        overlay.then_some(router_tx),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    if overlay {
+        let router = router::Router::new(node.clone());
+        tasks.spawn(async move {
+            router.run(router_rx).await;
+            tracing::error!("router stopped");
+        });
+        if !node.config.uplink.is_empty() {
+            let node = node.clone();
+            tasks.spawn(uplink::run(node));
+        }
+    }
 
     let mut infos = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
     for cfg in node.config.listener.clone() {
         if cfg.security_profile == 0 {
             tracing::warn!(
@@ -197,7 +226,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminate() => tracing::info!("terminated; shutting down"),
-        Some(_) = tasks.join_next() => bail!("a listener stopped unexpectedly"),
+        Some(_) = tasks.join_next() => bail!("a listener or the router stopped unexpectedly"),
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Every series used on the frame path is resolved once at startup, so
 //! counting a frame is one atomic add, never a label lookup behind a lock.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -13,6 +13,13 @@ pub struct Metrics {
     pub transactions_started: IntCounter,
     pub transactions_ended: IntCounter,
     handshakes_refused: IntCounterVec,
+    pub uplink_links: IntGauge,
+    pub inbound_links: IntGauge,
+    pub csms_connections: IntGauge,
+    pub uplink_connects: IntCounter,
+    pub frames_forwarded: IntCounter,
+    pub frames_dropped: IntCounter,
+    security_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -34,7 +41,44 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(handshakes_refused.clone()))?;
+        let links = IntGaugeVec::new(
+            Opts::new("ocpp_overlay_links", "Open overlay links, by direction"),
+            &["direction"],
+        )?;
+        registry.register(Box::new(links.clone()))?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let security_events = IntCounterVec::new(
+            Opts::new(
+                "ocpp_security_events_total",
+                "Security events (refused paths, routes, loops, overlay misuse), by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(security_events.clone()))?;
         Ok(Metrics {
+            uplink_links: links.with_label_values(&["uplink"]),
+            inbound_links: links.with_label_values(&["inbound"]),
+            csms_connections: gauge(
+                "ocpp_csms_connections",
+                "Hub: chargers' sockets to the CSMS (open or connecting)",
+            )?,
+            uplink_connects: counter(
+                "ocpp_uplink_connects_total",
+                "Overlay uplink connections established",
+            )?,
+            frames_forwarded: counter(
+                "ocpp_frames_forwarded_total",
+                "Overlay frames forwarded to a next hop",
+            )?,
+            frames_dropped: counter(
+                "ocpp_frames_dropped_total",
+                "Overlay frames dropped or refused (malformed, unreachable, loop, not allowed)",
+            )?,
+            security_events,
             chargers_connected,
             frames_in: counter(
                 "ocpp_frames_received_total",
@@ -62,6 +106,11 @@ impl Metrics {
     /// Counts a refused upgrade. Off the frame path; `reason` is a fixed label set.
     pub fn refused(&self, reason: &'static str) {
         self.handshakes_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a security event. Rare by nature, so the label lookup is fine here.
+    pub fn security_event(&self, kind: &'static str) {
+        self.security_events.with_label_values(&[kind]).inc();
     }
 
     pub fn render(&self) -> String {

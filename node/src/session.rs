@@ -20,9 +20,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use wire::text::{Body, Frame, decode_plain};
 use wire::{ErrorCode, Limits, OcppVersion};
 
-use crate::local_csms::{self, Charger, Outcome, Request};
+use crate::local_csms::{self, Outcome, Request};
+use crate::router::{Event, RouterTx, ToPeer};
 use crate::schema::Direction;
 use crate::state::{Node, SessionInfo};
+use routing::LinkId;
+use tokio::sync::mpsc;
 
 /// How long a closing connection is drained before the socket is dropped. Draining (and
 /// discarding) lets the peer read our close frame instead of meeting a TCP reset.
@@ -33,38 +36,55 @@ pub struct Session {
     charger_id: String,
     version: OcppVersion,
     limits: Limits,
+    /// The router when this node runs the overlay: CALLs go up instead of being answered here.
+    router: Option<(RouterTx, LinkId)>,
 }
+
+/// A charger that completed its upgrade.
+pub struct Charger {
+    pub conn_id: u64,
+    pub id: String,
+    pub version: OcppVersion,
+    pub listener: String,
+    pub max_frame_bytes: usize,
+    pub remote: std::net::SocketAddr,
+}
+
+/// Frames the router may queue toward one charger before it counts as a slow consumer.
+const ROUTER_QUEUE: usize = 64;
 
 enum Next {
     Continue,
-    Close(CloseCode, &'static str),
+    Close(CloseCode, String),
     Gone,
 }
 
-pub async fn run<S>(
-    node: Arc<Node>,
-    listener: String,
-    max_frame_bytes: usize,
-    up: crate::handshake::Upgraded<S>,
-    remote: std::net::SocketAddr,
-) where
+pub async fn run<S>(node: Arc<Node>, up: Charger, mut ws: WebSocketStream<S>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let conn_id = up.conn_id;
+    let Charger {
+        conn_id,
+        id: charger_id,
+        version,
+        listener,
+        max_frame_bytes,
+        remote,
+    } = up;
     let replaced = Arc::new(Notify::new());
     let info = SessionInfo {
         conn_id,
-        version: up.version,
+        version,
         remote,
         listener,
         connected_at: chrono::Utc::now(),
         replaced: replaced.clone(),
     };
-    match node.sessions.entry(up.charger_id.clone()) {
+    match node.sessions.entry(charger_id.clone()) {
         // A newer connection of this charger registered first: this one is stale already.
         Entry::Occupied(e) if e.get().conn_id > conn_id => replaced.notify_one(),
         Entry::Occupied(mut e) => {
-            tracing::info!(charger = %up.charger_id, "a newer connection replaces the open one");
+            tracing::info!(charger = %charger_id, "a newer connection replaces the open one");
             e.insert(info).replaced.notify_one();
         }
         Entry::Vacant(e) => {
@@ -72,22 +92,50 @@ pub async fn run<S>(
             node.metrics.chargers_connected.inc();
         }
     }
-    tracing::info!(charger = %up.charger_id, version = %up.version, %remote, "charger connected");
+    tracing::info!(charger = %charger_id, %version, %remote, "charger connected");
 
+    let link = LinkId(conn_id);
+    let (tx, mut from_router) = mpsc::channel(ROUTER_QUEUE);
+    let router = match &node.router {
+        Some(router) => {
+            let up = Event::ChargerUp {
+                link,
+                charger: charger_id.clone(),
+                version,
+                tx,
+                kill: replaced.clone(),
+            };
+            if router.send(up).await.is_err() {
+                return;
+            }
+            Some((router.clone(), link))
+        }
+        None => None,
+    };
     let session = Session {
         node: node.clone(),
-        charger_id: up.charger_id.clone(),
-        version: up.version,
+        charger_id: charger_id.clone(),
+        version,
         limits: Limits {
             max_frame_bytes,
             ..Limits::default()
         },
+        router,
     };
-    let mut ws = up.ws;
     let outcome = loop {
         let next = tokio::select! {
             msg = ws.next() => session.on_message(&mut ws, msg).await,
-            _ = replaced.notified() => Next::Close(CloseCode::Policy, "replaced by a newer connection"),
+            Some(out) = from_router.recv() => match out {
+                ToPeer::Text(text) => {
+                    node.metrics.frames_out.inc();
+                    match ws.send(Message::text(text)).await {
+                        Ok(()) => Next::Continue,
+                        Err(_) => Next::Gone,
+                    }
+                }
+                ToPeer::Close(reason) => Next::Close(CloseCode::Policy, reason),
+            },
+            _ = replaced.notified() => Next::Close(CloseCode::Policy, "closed by the node (replaced by a newer connection, or too slow)".into()),
         };
         match next {
             Next::Continue => {}
@@ -97,14 +145,17 @@ pub async fn run<S>(
     if let Next::Close(code, reason) = outcome {
         close(ws, code, reason).await;
     }
+    if let Some((router, link)) = &session.router {
+        let _ = router.send(Event::ChargerDown { link: *link }).await;
+    }
     if node
         .sessions
-        .remove_if(&up.charger_id, |_, s| s.conn_id == conn_id)
+        .remove_if(&charger_id, |_, s| s.conn_id == conn_id)
         .is_some()
     {
         node.metrics.chargers_connected.dec();
     }
-    tracing::info!(charger = %up.charger_id, "charger disconnected");
+    tracing::info!(charger = %charger_id, "charger disconnected");
 }
 
 impl Session {
@@ -129,7 +180,7 @@ impl Session {
                 tracing::warn!(charger = %self.charger_id, "binary frame from a plain charger; closing");
                 Next::Close(
                     CloseCode::Unsupported,
-                    "binary frames are not part of OCPP-J",
+                    "binary frames are not part of OCPP-J".into(),
                 )
             }
             Some(Ok(Message::Close(_))) | None => Next::Gone,
@@ -137,7 +188,7 @@ impl Session {
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 self.node.metrics.oversize_frames.inc();
                 tracing::warn!(charger = %self.charger_id, size, max_size, "frame over the size limit; closing with 1009");
-                Next::Close(CloseCode::Size, "frame exceeds the size limit")
+                Next::Close(CloseCode::Size, "frame exceeds the size limit".into())
             }
             Some(Err(e)) => {
                 tracing::info!(charger = %self.charger_id, error = %e, "connection error");
@@ -151,7 +202,17 @@ impl Session {
         let frame = match decode_plain(text, &self.limits) {
             Ok(frame) => frame,
             Err(e) => {
-                tracing::info!(charger = %self.charger_id, error = %e, "malformed frame");
+                if wire::text::decode_overlay(text, &self.limits).is_ok() {
+                    self.node.security_event(
+                        "overlay_frame_from_charger",
+                        format_args!(
+                            "charger {:?} sent an overlay frame on a plain connection; refused",
+                            self.charger_id
+                        ),
+                    );
+                } else {
+                    tracing::info!(charger = %self.charger_id, error = %e, "malformed frame");
+                }
                 return Some(self.error(e.reply_id(), e.error_code(), &e.to_string()));
             }
         };
@@ -166,15 +227,22 @@ impl Session {
         }
         match &frame.body {
             Body::Call { action, payload } => {
-                Some(self.on_call(&frame.id, action, payload.get()).await)
+                self.on_call(&frame.id, action, payload.get(), text).await
             }
             Body::Send { action, payload } => {
-                if let Err(code_why) = self.check_payload(action, payload.get()) {
-                    tracing::info!(charger = %self.charger_id, action = %action, "invalid SEND dropped: {}", code_why.1);
+                match self.check_payload(action, payload.get()) {
+                    Ok(_) => self.to_router(text).await,
+                    Err(code_why) => {
+                        tracing::info!(charger = %self.charger_id, action = %action, "invalid SEND dropped: {}", code_why.1)
+                    }
                 }
                 None
             }
-            // The local controller sends no CALLs yet, so any result is unsolicited.
+            // Replies answer the CSMS's CALLs, which only the router sends.
+            _ if self.router.is_some() => {
+                self.to_router(text).await;
+                None
+            }
             _ => {
                 tracing::debug!(charger = %self.charger_id, id = %frame.id, "unsolicited response ignored");
                 None
@@ -182,19 +250,39 @@ impl Session {
         }
     }
 
-    async fn on_call(&self, id: &str, action: &str, payload: &str) -> String {
+    /// Validates a CALL (§6.5: once, where it enters the overlay), then answers it here or
+    /// hands it to the router. `None`: the answer comes later, from the router.
+    async fn on_call(&self, id: &str, action: &str, payload: &str, text: &str) -> Option<String> {
         if !self.node.schemas.knows(self.version, action) {
-            return self.error(
+            return Some(self.error(
                 id,
                 ErrorCode::NotImplemented,
                 &format!("unknown action {action:?} in {}", self.version),
-            );
+            ));
         }
         let parsed = match self.check_payload(action, payload) {
             Ok(v) => v,
-            Err((code, why)) => return self.error(id, code, &why),
+            Err((code, why)) => return Some(self.error(id, code, &why)),
         };
-        let cs = Charger {
+        if self.router.is_some() {
+            self.to_router(text).await;
+            return None;
+        }
+        Some(self.answer_locally(id, action, payload, parsed).await)
+    }
+
+    async fn to_router(&self, text: &str) {
+        if let Some((router, link)) = &self.router {
+            let event = Event::FromCharger {
+                link: *link,
+                text: text.to_owned(),
+            };
+            let _ = router.send(event).await;
+        }
+    }
+
+    async fn answer_locally(&self, id: &str, action: &str, payload: &str, parsed: Value) -> String {
+        let cs = local_csms::Charger {
             id: &self.charger_id,
             version: self.version,
         };
@@ -257,7 +345,7 @@ impl Session {
 async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     mut ws: WebSocketStream<S>,
     code: CloseCode,
-    reason: &'static str,
+    reason: String,
 ) {
     let frame = CloseFrame {
         code,

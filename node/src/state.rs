@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +13,9 @@ use wire::OcppVersion;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::router::RouterTx;
 use crate::schema::SchemaRegistry;
+use crate::secrets::Secrets;
 use crate::store::Store;
 
 /// One connected charger, as the admin API and a newer duplicate connection see it.
@@ -36,8 +38,28 @@ pub struct ListenerInfo {
     pub security_profile: u8,
 }
 
+/// One configured uplink as the status page shows it. Updated by the dialer on state changes
+/// only, never per frame.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UplinkStatus {
+    pub name: String,
+    pub url: String,
+    pub priority: u32,
+    /// "up" | "connecting" | "backoff" | "standby"
+    pub state: &'static str,
+    pub link: Option<u64>,
+    #[serde(rename = "remoteAddr")]
+    pub remote_addr: Option<String>,
+    #[serde(rename = "lastError")]
+    pub last_error: Option<String>,
+}
+
 pub struct Node {
     pub config: Config,
+    pub secrets: Secrets,
+    /// Present when the node runs the overlay (edge or hub); chargers' frames go through it.
+    pub router: Option<RouterTx>,
+    pub uplinks: Mutex<Vec<UplinkStatus>>,
     pub schemas: SchemaRegistry,
     pub store: Store,
     pub metrics: Metrics,
@@ -49,9 +71,32 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config, store: Store, metrics: Metrics) -> Self {
+    pub fn new(
+        config: Config,
+        secrets: Secrets,
+        store: Store,
+        metrics: Metrics,
+        router: Option<RouterTx>,
+    ) -> Self {
+        let mut uplinks: Vec<UplinkStatus> = config
+            .uplink
+            .iter()
+            .map(|u| UplinkStatus {
+                name: u.name.clone(),
+                url: u.url.clone(),
+                priority: u.priority,
+                state: "standby",
+                link: None,
+                remote_addr: None,
+                last_error: None,
+            })
+            .collect();
+        uplinks.sort_by_key(|u| u.priority);
         Node {
             config,
+            secrets,
+            router,
+            uplinks: Mutex::new(uplinks),
             schemas: SchemaRegistry::new(),
             store,
             metrics,
@@ -65,5 +110,20 @@ impl Node {
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records a security event: a warning with a greppable `security_event=<kind>` field,
+    /// and a counter.
+    pub fn security_event(&self, kind: &'static str, detail: impl std::fmt::Display) {
+        self.metrics.security_event(kind);
+        tracing::warn!(security_event = %kind, "{detail}");
+    }
+
+    /// Updates one uplink's status entry.
+    pub fn set_uplink(&self, name: &str, update: impl FnOnce(&mut UplinkStatus)) {
+        let mut uplinks = self.uplinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = uplinks.iter_mut().find(|u| u.name == name) {
+            update(u);
+        }
     }
 }

@@ -124,3 +124,29 @@ pub fn peer_identity(leaf: &CertificateDer<'_>) -> Option<PeerIdentity> {
         organization: first(&mut subject.iter_organization()),
     })
 }
+
+/// The rustls client config of an outbound link (uplink or CSMS): trust anchors from `ca`, and a
+/// client certificate when the far end asks for mutual TLS (profile 3).
+pub fn client_config(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    if let Some(ca) = ca {
+        for c in load_certs(ca)? {
+            roots.add(c).map_err(|e| file_error(ca, e))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

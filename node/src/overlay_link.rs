@@ -1,0 +1,114 @@
+//! One overlay WebSocket between two nodes, in either direction (ARCHITECTURE §3.1).
+//!
+//! The task only moves text: what it reads goes to the router, what the router queues for this
+//! link is written out. It also keeps the link honest: a WebSocket ping every interval, and a
+//! link that has been silent for two intervals is closed, so that a dead peer behind a NAT or a
+//! pulled cable is noticed and the uplink fails over.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use routing::{AllowList, LinkId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError};
+
+use crate::router::{Event, ToPeer};
+use crate::state::Node;
+
+/// Frames queued toward one overlay link. It carries every charger behind it, so it is deeper
+/// than a charger's queue; when it is full the router waits (backpressure), it does not drop.
+const QUEUE: usize = 1024;
+
+pub struct LinkSpec {
+    pub link: LinkId,
+    /// The peer's node id (inbound) or the uplink's name (outbound).
+    pub peer: String,
+    pub allow: AllowList,
+    pub uplink: Option<String>,
+    pub remote: SocketAddr,
+}
+
+/// Runs the link until it closes. Returns why it ended, for the uplink's log.
+pub async fn run<S>(node: Arc<Node>, spec: LinkSpec, mut ws: WebSocketStream<S>) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(router) = node.router.clone() else {
+        return "no router".into();
+    };
+    let link = spec.link;
+    let (tx, mut rx) = mpsc::channel(QUEUE);
+    let up = Event::LinkUp {
+        link,
+        peer: spec.peer.clone(),
+        allow: spec.allow,
+        uplink: spec.uplink,
+        remote: spec.remote,
+        tx,
+    };
+    if router.send(up).await.is_err() {
+        return "router stopped".into();
+    }
+    let interval = Duration::from_secs(node.config.overlay.ping_interval_s);
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    let mut last_heard = Instant::now();
+    let why = loop {
+        tokio::select! {
+            msg = ws.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        let event = Event::FromLink { link, text: text.as_str().to_owned() };
+                        if router.send(event).await.is_err() {
+                            break "router stopped".to_owned();
+                        }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        // Binary frames (file transfer) are not routed yet; say so rather than
+                        // guess.
+                        node.metrics.frames_dropped.inc();
+                        tracing::warn!(%link, bytes = b.len(), "binary overlay frame dropped: not supported yet");
+                    }
+                    Some(Ok(Message::Close(_))) | None => break "closed by the peer".to_owned(),
+                    Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        node.metrics.oversize_frames.inc();
+                        break format!("frame of {size} bytes over the limit of {max_size}");
+                    }
+                    Some(Err(e)) => break format!("connection error: {e}"),
+                }
+            }
+            out = rx.recv() => match out {
+                Some(ToPeer::Text(text)) => {
+                    match tokio::time::timeout(2 * interval, ws.send(Message::text(text))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break format!("write failed: {e}"),
+                        Err(_) => break "peer stopped reading".to_owned(),
+                    }
+                }
+                Some(ToPeer::Close(reason)) => break reason,
+                None => break "router dropped the link".to_owned(),
+            },
+            _ = ticker.tick() => {
+                if last_heard.elapsed() >= 2 * interval {
+                    break format!("nothing heard for {:?}", last_heard.elapsed());
+                }
+                let ping = tokio::time::timeout(interval, ws.send(Message::Ping(Bytes::new())));
+                if !matches!(ping.await, Ok(Ok(()))) {
+                    break "ping could not be sent".to_owned();
+                }
+            }
+        }
+    };
+    let _ = router.send(Event::LinkDown { link }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    tracing::info!(%link, peer = %spec.peer, "overlay link closed: {why}");
+    why
+}
