@@ -1430,7 +1430,10 @@ mod tests {
             "node_peers.\"CS:MS\"",
             "node_peers.\"CS:MS\".password_hash",
         ] {
-            assert!(p.iter().any(|x| x == expected), "{expected} missing from {p:?}");
+            assert!(
+                p.iter().any(|x| x == expected),
+                "{expected} missing from {p:?}"
+            );
         }
     }
 

@@ -341,6 +341,17 @@ impl Router {
         kill: Arc<Notify>,
         now: Instant,
     ) {
+        // A newer connection of the same charger replaces the older one (§4): route to it at
+        // once, not only when the older session has finished closing.
+        let older: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| matches!(&l.kind, Kind::Charger(c) if c.id == charger))
+            .map(|(l, _)| *l)
+            .collect();
+        for old in older {
+            self.table.remove_link(old, now);
+        }
         let route = routing::RouteEntry {
             dest: charger.clone(),
             link,
