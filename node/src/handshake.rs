@@ -334,8 +334,8 @@ async fn decide_node(
             "{id:?} asked for overlay mode, but this node runs standalone (no uplink, no hub)"
         )));
     }
-    match cfg.security_profile {
-        0 => {}
+    let authenticated = match cfg.security_profile {
+        0 => Ok(()),
         1 | 2 => {
             authenticate(
                 node,
@@ -343,9 +343,16 @@ async fn decide_node(
                 peer.password_hash.clone(),
                 req.authorization.as_deref(),
             )
-            .await?
+            .await
         }
-        _ => check_certificate(cfg, &id, tls_peer)?,
+        _ => check_certificate(cfg, &id, tls_peer),
+    };
+    if let Err(refusal) = authenticated {
+        node.security_event(
+            "overlay_refused",
+            format_args!("node peer {id:?} failed authentication: {}", refusal.reason),
+        );
+        return Err(refusal);
     }
     // A node always speaks for itself: its own CALLs and errors start with its id.
     let allow =
