@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -36,7 +37,7 @@ pub struct LinkSpec {
 }
 
 /// Runs the link until it closes. Returns why it ended, for the uplink's log.
-pub async fn run<S>(node: Arc<Node>, spec: LinkSpec, mut ws: WebSocketStream<S>) -> String
+pub async fn run<S>(node: Arc<Node>, spec: LinkSpec, ws: WebSocketStream<S>) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -57,58 +58,78 @@ where
         return "router stopped".into();
     }
     let interval = Duration::from_secs(node.config.overlay.ping_interval_s);
-    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-    let mut last_heard = Instant::now();
-    let why = loop {
-        tokio::select! {
-            msg = ws.next() => {
-                last_heard = Instant::now();
-                match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        let event = Event::FromLink { link, text: text.as_str().to_owned() };
-                        if router.send(event).await.is_err() {
-                            break "router stopped".to_owned();
+    let started = Instant::now();
+    let last_heard = AtomicU64::new(0);
+    let heard = || last_heard.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let (mut sink, mut stream) = ws.split();
+
+    // Reading and writing are two futures, not one loop: the reader may wait for room in the
+    // router's queue while the router waits for room in this link's queue, and the writer must
+    // keep draining meanwhile, or the two would wait on each other forever.
+    let reader = async {
+        loop {
+            let msg = stream.next().await;
+            heard();
+            match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let event = Event::FromLink {
+                        link,
+                        text: text.as_str().to_owned(),
+                    };
+                    if router.send(event).await.is_err() {
+                        return "router stopped".to_owned();
+                    }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    // Binary frames (file transfer) are not routed yet; say so rather than guess.
+                    node.metrics.frames_dropped.inc();
+                    tracing::warn!(%link, bytes = b.len(), "binary overlay frame dropped: not supported yet");
+                }
+                Some(Ok(Message::Close(_))) | None => return "closed by the peer".to_owned(),
+                Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    node.metrics.oversize_frames.inc();
+                    return format!("frame of {size} bytes over the limit of {max_size}");
+                }
+                Some(Err(e)) => return format!("connection error: {e}"),
+            }
+        }
+    };
+    let writer = async {
+        let mut ticker = tokio::time::interval_at(started + interval, interval);
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(ToPeer::Text(text)) => {
+                        match tokio::time::timeout(2 * interval, sink.send(Message::text(text))).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return format!("write failed: {e}"),
+                            Err(_) => return "peer stopped reading".to_owned(),
                         }
                     }
-                    Some(Ok(Message::Binary(b))) => {
-                        // Binary frames (file transfer) are not routed yet; say so rather than
-                        // guess.
-                        node.metrics.frames_dropped.inc();
-                        tracing::warn!(%link, bytes = b.len(), "binary overlay frame dropped: not supported yet");
+                    Some(ToPeer::Close(reason)) => return reason,
+                    None => return "router dropped the link".to_owned(),
+                },
+                _ = ticker.tick() => {
+                    let silent = started.elapsed()
+                        .saturating_sub(Duration::from_millis(last_heard.load(Ordering::Relaxed)));
+                    if silent >= 2 * interval {
+                        return format!("nothing heard for {silent:?}");
                     }
-                    Some(Ok(Message::Close(_))) | None => break "closed by the peer".to_owned(),
-                    Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        node.metrics.oversize_frames.inc();
-                        break format!("frame of {size} bytes over the limit of {max_size}");
+                    let ping = tokio::time::timeout(interval, sink.send(Message::Ping(Bytes::new())));
+                    if !matches!(ping.await, Ok(Ok(()))) {
+                        return "ping could not be sent".to_owned();
                     }
-                    Some(Err(e)) => break format!("connection error: {e}"),
-                }
-            }
-            out = rx.recv() => match out {
-                Some(ToPeer::Text(text)) => {
-                    match tokio::time::timeout(2 * interval, ws.send(Message::text(text))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => break format!("write failed: {e}"),
-                        Err(_) => break "peer stopped reading".to_owned(),
-                    }
-                }
-                Some(ToPeer::Close(reason)) => break reason,
-                None => break "router dropped the link".to_owned(),
-            },
-            _ = ticker.tick() => {
-                if last_heard.elapsed() >= 2 * interval {
-                    break format!("nothing heard for {:?}", last_heard.elapsed());
-                }
-                let ping = tokio::time::timeout(interval, ws.send(Message::Ping(Bytes::new())));
-                if !matches!(ping.await, Ok(Ok(()))) {
-                    break "ping could not be sent".to_owned();
                 }
             }
         }
     };
+    let why = tokio::select! {
+        why = reader => why,
+        why = writer => why,
+    };
     let _ = router.send(Event::LinkDown { link }).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     tracing::info!(%link, peer = %spec.peer, "overlay link closed: {why}");
     why
 }
