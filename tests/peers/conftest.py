@@ -183,3 +183,33 @@ def pytest_runtest_call(item):
 def pytest_configure(config):
     # The ocpp library logs every frame at INFO; keep failure reports readable.
     logging.getLogger("ocpp").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------
+# Overlay topologies (edge / hub) and the independent CSMS (see overlaylib.py)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def csms(frame_logs):
+    """A mobilityhouse-``ocpp`` CSMS on ws://127.0.0.1:<port>/ocpp/<chargerId>.
+
+    Every connection the hub opens is recorded (``csms.connections``, ``csms.attempts``) and its
+    frames join ``frame_logs``, so what the hub sends the CSMS is validated like what a node sends
+    a charger. Set ``csms.refuse[<id>] = 403`` to refuse a charger at the upgrade.
+    """
+    from overlaylib import CsmsServer
+    server = CsmsServer(frame_logs)
+    await server.start()
+    yield server
+    await server.stop()
+    if server.problems:
+        pytest.fail("the test CSMS saw problems:\n  - " + "\n  - ".join(server.problems), pytrace=False)
+
+
+@pytest.fixture
+def overlay(node_factory):
+    """``overlaylib.Topology``: ``await overlay.start_hub(csms.url, peers={...})``,
+    ``await overlay.start_edge("edge1", hub.charger_url)``."""
+    from overlaylib import Topology
+    return Topology(node_factory)
