@@ -64,7 +64,7 @@ pub async fn run(
             overlay: false,
             tls: tls.clone(),
             timeout: Duration::from_secs(o.connect_timeout_s),
-            ws_config: crate::handshake::overlay_ws_config(&node),
+            ws_config: crate::handshake::csms_ws_config(&node),
         };
         let dialled = tokio::select! {
             r = dial::dial(&target) => r,

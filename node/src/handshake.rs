@@ -149,6 +149,28 @@ where
 /// Overlay links carry many chargers' frames: a bigger read buffer, and a frame limit that
 /// admits any frame a charger listener admits plus the overlay's dest and path.
 pub fn overlay_ws_config(node: &Node) -> WebSocketConfig {
+    let limit = overlay_frame_limit(node);
+    WebSocketConfig::default()
+        .read_buffer_size(64 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * limit)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+}
+
+/// A hub's socket to the CSMS carries one charger, like a charger's own connection: the same
+/// small buffers, since a hub holds one per charger.
+pub fn csms_ws_config(node: &Node) -> WebSocketConfig {
+    let limit = overlay_frame_limit(node);
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * limit)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+}
+
+fn overlay_frame_limit(node: &Node) -> usize {
     let largest = node
         .config
         .listener
@@ -156,13 +178,7 @@ pub fn overlay_ws_config(node: &Node) -> WebSocketConfig {
         .map(|l| l.max_frame_bytes)
         .max()
         .unwrap_or(1024 * 1024);
-    let limit = largest + 64 * 1024;
-    WebSocketConfig::default()
-        .read_buffer_size(64 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(4 * limit)
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit))
+    largest + 64 * 1024
 }
 
 /// Buffers are kept small because most chargers are idle most of the time; the frame limit is
