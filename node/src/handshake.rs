@@ -150,9 +150,10 @@ where
 /// admits any frame a charger listener admits plus the overlay's dest and path.
 pub fn overlay_ws_config(node: &Node) -> WebSocketConfig {
     let limit = overlay_frame_limit(node);
+    // Frames are buffered and flushed per batch (see overlay_link), not written one by one.
     WebSocketConfig::default()
         .read_buffer_size(64 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(64 * 1024)
         .max_write_buffer_size(4 * limit)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit))

@@ -26,6 +26,8 @@ use crate::state::Node;
 /// Frames queued toward one overlay link. It carries every charger behind it, so it is deeper
 /// than a charger's queue; when it is full the router waits (backpressure), it does not drop.
 const QUEUE: usize = 1024;
+/// Most frames written per flush.
+const WRITE_BATCH: usize = 64;
 
 pub struct LinkSpec {
     pub link: LinkId,
@@ -101,10 +103,34 @@ where
             tokio::select! {
                 out = rx.recv() => match out {
                     Some(ToPeer::Text(text)) => {
-                        match tokio::time::timeout(2 * interval, sink.send(Message::text(text))).await {
+                        // Everything already queued goes out in one write: under load this
+                        // link carries many chargers' frames, and a system call per frame
+                        // would dominate the cost of relaying them.
+                        let mut batch = vec![text];
+                        let mut closing = None;
+                        while batch.len() < WRITE_BATCH {
+                            match rx.try_recv() {
+                                Ok(ToPeer::Text(t)) => batch.push(t),
+                                Ok(ToPeer::Close(reason)) => {
+                                    closing = Some(reason);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let write = async {
+                            for text in batch {
+                                sink.feed(Message::text(text)).await?;
+                            }
+                            sink.flush().await
+                        };
+                        match tokio::time::timeout(2 * interval, write).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => return format!("write failed: {e}"),
                             Err(_) => return "peer stopped reading".to_owned(),
+                        }
+                        if let Some(reason) = closing {
+                            return reason;
                         }
                     }
                     Some(ToPeer::Close(reason)) => return reason,

@@ -29,6 +29,8 @@ use crate::state::Node;
 const CHARGER_CALL_QUEUE: usize = 16;
 /// Most outstanding CALLs per correlation table; beyond it new CALLs are refused.
 const MAX_OUTSTANDING: usize = 100_000;
+/// How often route expiry, grace periods and announcement refreshes are checked.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The SEND by which a hub tells an edge that the CSMS refused a charger (§6.2).
 pub const CHARGER_CONNECTION_STATUS: &str = "ChargerConnectionStatus";
 
@@ -203,6 +205,8 @@ pub struct Router {
     deferred: Vec<Deferred>,
     /// Routes changed since the last announcement.
     dirty: bool,
+    next_housekeeping: Instant,
+    ids: IdGen,
     next_refresh: Option<Instant>,
 }
 
@@ -237,6 +241,8 @@ impl Router {
             uplink: None,
             deferred: Vec::new(),
             dirty: false,
+            next_housekeeping: Instant::now() + HOUSEKEEPING,
+            ids: IdGen::new(),
             next_refresh: None,
             node,
         }
@@ -278,14 +284,15 @@ impl Router {
         }
     }
 
+    /// CALL deadlines are exact; route expiry, grace periods and announcement refreshes are
+    /// second-grained and checked by one housekeeping tick, because finding the next of them
+    /// means a scan of the table that must not run per frame.
     fn next_wake(&self) -> Option<Instant> {
         [
             self.up.next_deadline(),
             self.down.next_deadline(),
             self.hub_calls.next_deadline(),
-            self.table.next_expiry(),
-            self.grace.values().min().copied(),
-            self.next_refresh,
+            Some(self.next_housekeeping),
         ]
         .into_iter()
         .flatten()
@@ -491,7 +498,7 @@ impl Router {
                     let error = Frame::error(frame.id, "GenericError", "uplink unavailable");
                     return self.send_plain(link, error.to_plain_string());
                 }
-                let upstream = uuid::Uuid::new_v4().to_string();
+                let upstream = self.ids.next();
                 let deadline = now + self.request_timeout;
                 match correlation::plain_call_to_overlay(
                     &mut self.up,
@@ -922,7 +929,7 @@ impl Router {
             dest: Route::single(routing::CSMS),
             path: Route::single(self.forwarder.own_id().to_owned()),
             frame: Frame {
-                id: uuid::Uuid::new_v4().to_string().into(),
+                id: self.ids.next().into(),
                 body: Body::Send {
                     action: announce::ACTION.into(),
                     payload: wire::Json::new(&raw),
@@ -1089,7 +1096,7 @@ impl Router {
             dest: Route::single(charger.clone()),
             path: Route::single(routing::CSMS),
             frame: Frame {
-                id: uuid::Uuid::new_v4().to_string().into(),
+                id: self.ids.next().into(),
                 body: Body::Send {
                     action: CHARGER_CONNECTION_STATUS.into(),
                     payload: wire::Json::new(&raw),
@@ -1123,6 +1130,10 @@ impl Router {
             tracing::info!(charger = %key.source, "CSMS CALL to the charger timed out");
             self.send_plain(pending.data.link, error.to_plain_string());
         }
+        if now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = now + HOUSEKEEPING;
         let expired = self.table.expire(now);
         if !expired.is_empty() {
             self.dirty = true;
@@ -1231,5 +1242,57 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// UUID v4 message ids (§6.1) without a system call each: a SplitMix64 stream seeded once from
+/// the OS. Ids need to be unique, not secret: 122 random bits from a fresh seed per process
+/// start do that, across restarts too.
+struct IdGen(std::sync::atomic::AtomicU64);
+
+impl IdGen {
+    fn new() -> IdGen {
+        let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+        IdGen(std::sync::atomic::AtomicU64::new(seed))
+    }
+
+    fn next_u64(&self) -> u64 {
+        // Only the router task uses it; the atomic just keeps the router `Sync`-free of cells.
+        let s = self
+            .0
+            .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn next(&self) -> String {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        bytes[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .hyphenated()
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdGen;
+
+    #[test]
+    fn ids_are_distinct_uuid_v4() {
+        let ids = IdGen::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = ids.next();
+            let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
+            assert_eq!(parsed.get_version_num(), 4, "{id}");
+            assert_eq!(id.len(), 36);
+            assert!(seen.insert(id), "duplicate id");
+        }
     }
 }
