@@ -50,7 +50,7 @@ pub struct Args {
     hold: u64,
 }
 
-fn parse_version(s: &str) -> Result<OcppVersion, String> {
+pub fn parse_version(s: &str) -> Result<OcppVersion, String> {
     match s.trim_start_matches("ocpp") {
         "1.6" => Ok(OcppVersion::V16),
         "2.0.1" => Ok(OcppVersion::V201),

@@ -15,9 +15,9 @@ use tokio_tungstenite::tungstenite::Message;
 use wire::text::{Body, Frame, decode_plain};
 use wire::{ErrorCode, OcppVersion};
 
-use super::Shared;
 use super::answers::{self, ACTIONS, Kind};
 use super::stats::{Counters, Event};
+use super::{Flavor, Shared};
 
 struct Connection<'a> {
     ws: WebSocketStream<TcpStream>,
@@ -97,6 +97,11 @@ impl Connection<'_> {
             Body::Call { action, payload } => {
                 let Some(index) = answers::lookup(self.version, action) else {
                     self.counters.count(Event::NotImplemented);
+                    if self.shared.config.flavor == Flavor::Backend {
+                        // The benchmark backend answers everything: an empty result.
+                        let reply = Frame::result(frame.id.as_ref(), wire::text::empty_details());
+                        return self.send(reply.to_plain_string()).await;
+                    }
                     let code = ErrorCode::NotImplemented.spelling(self.version);
                     let reply = Frame::error(
                         frame.id.as_ref(),

@@ -6,6 +6,9 @@
 //! allows is chosen; an offer with none of them gets HTTP 400, and `--refuse ID` answers HTTP 404
 //! for that id (a CSMS refusing a charger). On SIGTERM, SIGINT or `--duration` expiry a JSON
 //! summary line goes to stdout: `{"connections":..,"calls":..,"by_action":{...},...}`.
+//!
+//! `ocpp-sim backend` ([`crate::backend`]) is the same server in its [`Flavor::Backend`] form:
+//! any path, `{}` for unknown actions, and a two-field summary.
 
 mod answers;
 mod conn;
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::value::RawValue;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -97,8 +100,45 @@ fn parse_subprotocol(s: &str) -> Result<OcppVersion, String> {
     token.parse().map_err(|e| format!("{e}"))
 }
 
+/// Which server this is: the simulated CSMS, or the bare backend of relay benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `ocpp-sim csms`: chargers under `--path`, NotImplemented for unknown actions, the full
+    /// summary.
+    Csms,
+    /// `ocpp-sim backend`: chargers at any `/<anything>/<id>`, `{}` for unknown actions, and the
+    /// summary `{"connections":n,"calls":n}`.
+    Backend,
+}
+
+impl Flavor {
+    fn name(self) -> &'static str {
+        match self {
+            Flavor::Csms => "csms",
+            Flavor::Backend => "backend",
+        }
+    }
+}
+
+/// Everything [`serve`] needs; `csms` fills it from its flags, `backend` with fixed values.
+pub struct Options {
+    pub flavor: Flavor,
+    pub listen: SocketAddr,
+    /// The path chargers connect under (`<path>/<id>`); `None` accepts any path and takes the
+    /// last segment as the id.
+    pub path: Option<String>,
+    pub subprotocols: Vec<OcppVersion>,
+    pub refuse: Vec<String>,
+    pub on_boot: Vec<OnBootCall>,
+    pub heartbeat_interval: u32,
+    pub stats_every: Option<u64>,
+    pub duration: Option<Duration>,
+    pub by_charger: bool,
+}
+
 /// Settings every connection reads.
 pub struct Config {
+    flavor: Flavor,
     heartbeat_interval: u32,
     on_boot: Vec<OnBootCall>,
     limits: Limits,
@@ -108,67 +148,66 @@ pub struct Config {
 pub struct Shared {
     config: Config,
     stats: Arc<Stats>,
-    /// `<path>/`, the prefix before a charger id.
-    prefix: String,
+    /// `<path>/`, the prefix before a charger id; `None`: any path, the id is its last segment.
+    prefix: Option<String>,
     subprotocols: Vec<OcppVersion>,
     refuse: HashSet<String>,
     ws_config: WebSocketConfig,
 }
 
 /// A handshake that takes longer is dropped, so idle sockets cannot pile up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Benchmarks open thousands of connections at once; the default backlog would drop some.
-const LISTEN_BACKLOG: u32 = 4096;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: Args) -> Result<bool> {
+    let path = format!("/{}", args.path.trim_matches('/'));
+    serve(Options {
+        flavor: Flavor::Csms,
+        listen: args.listen,
+        path: Some(path.trim_end_matches('/').to_owned()),
+        subprotocols: args.subprotocols,
+        refuse: args.refuse,
+        on_boot: args.on_boot,
+        heartbeat_interval: args.heartbeat_interval,
+        stats_every: args.stats_every,
+        duration: args.duration.map(Duration::from_secs),
+        by_charger: args.by_charger,
+    })
+    .await
+}
+
+/// Listens, serves every charger until SIGTERM, SIGINT or the duration, then prints the summary.
+pub async fn serve(args: Options) -> Result<bool> {
     if args.subprotocols.is_empty() {
         bail!("--subprotocols must name at least one version");
     }
-    let path = format!("/{}", args.path.trim_matches('/'));
-    let path = path.trim_end_matches('/').to_owned();
     let limits = Limits::default();
-    // OCPP frames are small and one is in flight per direction, so small buffers keep the
-    // memory per connection low without costing throughput; the message limit matches the
-    // decoder's, so nothing bigger is ever buffered.
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes));
+    let ws_config = crate::ws::config(limits.max_frame_bytes);
+    // The URL printed in the `listening` line: the backend accepts any path, and shows the usual
+    // one.
+    let shown_path = args.path.clone().unwrap_or_else(|| "/ocpp".to_owned());
     let shared = Arc::new(Shared {
         config: Config {
+            flavor: args.flavor,
             heartbeat_interval: args.heartbeat_interval,
             on_boot: args.on_boot,
             limits,
         },
         stats: Arc::new(Stats::new(args.by_charger)),
-        prefix: format!("{path}/"),
+        prefix: args.path.map(|path| format!("{path}/")),
         subprotocols: args.subprotocols,
         refuse: args.refuse.into_iter().collect(),
         ws_config,
     });
 
-    let socket = if args.listen.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .context("creating the listening socket")?;
-    // Lets a benchmark restart the simulator on the same port right away.
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(args.listen)
-        .with_context(|| format!("binding {}", args.listen))?;
-    let listener = socket.listen(LISTEN_BACKLOG)?;
+    let listener = crate::ws::listen(args.listen)?;
     let local = listener.local_addr()?;
 
     // Signal handlers go in before the ready line, so a test that signals right after reading
     // it gets a summary rather than the default action (death without output).
-    let shutdown = shutdown_signal(args.duration.map(Duration::from_secs))?;
+    let shutdown = shutdown_signal(args.duration)?;
     tokio::pin!(shutdown);
 
-    println!("listening csms ws://{local}{path}");
+    println!("listening {} ws://{local}{shown_path}", args.flavor.name());
     std::io::stdout().flush()?;
 
     if let Some(every) = args.stats_every.filter(|s| *s > 0) {
@@ -199,13 +238,23 @@ pub async fn run(args: Args) -> Result<bool> {
             },
         }
     }
-    println!("{}", shared.stats.summary());
+    let summary = shared.stats.summary();
+    let summary = match args.flavor {
+        Flavor::Csms => summary,
+        Flavor::Backend => serde_json::json!({
+            "connections": summary["connections"],
+            "calls": summary["calls"],
+        }),
+    };
+    println!("{summary}");
     std::io::stdout().flush()?;
     Ok(true)
 }
 
 /// Resolves on SIGTERM, SIGINT or after `duration`. The handlers are installed by this call.
-fn shutdown_signal(duration: Option<Duration>) -> Result<impl std::future::Future<Output = ()>> {
+pub fn shutdown_signal(
+    duration: Option<Duration>,
+) -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     let (mut term, mut int) = {
         use tokio::signal::unix::{SignalKind, signal};
@@ -292,11 +341,15 @@ impl Shared {
         &self,
         request: &Request,
     ) -> Result<(String, OcppVersion, bool), (StatusCode, String)> {
-        let Some(raw_id) = request.uri().path().strip_prefix(self.prefix.as_str()) else {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("connect at {}<chargerId>", self.prefix),
-            ));
+        let path = request.uri().path();
+        let raw_id = match &self.prefix {
+            Some(prefix) => path.strip_prefix(prefix.as_str()).ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!("connect at {prefix}<chargerId>"),
+                )
+            })?,
+            None => crate::ws::last_segment(path),
         };
         let charger = percent_encoding::percent_decode_str(raw_id)
             .decode_utf8()
@@ -313,15 +366,7 @@ impl Shared {
                 format!("charger {charger} is refused"),
             ));
         }
-        let offered: Vec<&str> = request
-            .headers()
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect();
+        let offered = crate::ws::offered_subprotocols(request.headers());
         if offered.is_empty() {
             // As most CSMSs do: a charger that offers nothing is taken to speak 1.6.
             return if self.subprotocols.contains(&OcppVersion::V16) {
