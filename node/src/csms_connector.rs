@@ -128,6 +128,15 @@ pub async fn run(
                     }
                 },
                 _ = &mut stop => {
+                    // What the charger sent before it left still goes to the CSMS: a
+                    // StopTransaction followed by a disconnect is ordinary, and must not be lost.
+                    let flush = async {
+                        while let Ok(ToPeer::Text(text)) = rx.try_recv() {
+                            ws.feed(Message::text(text)).await?;
+                        }
+                        ws.flush().await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
                     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                     tracing::info!(charger = %charger, "CSMS socket closed: the charger is gone");
                     return;
