@@ -205,6 +205,8 @@ pub struct Router {
     deferred: Vec<Deferred>,
     /// Routes changed since the last announcement.
     dirty: bool,
+    /// The ids whose routes changed since then: an announcement looks only at them.
+    changed: std::collections::HashSet<String>,
     next_housekeeping: Instant,
     ids: IdGen,
     next_refresh: Option<Instant>,
@@ -241,6 +243,7 @@ impl Router {
             uplink: None,
             deferred: Vec::new(),
             dirty: false,
+            changed: std::collections::HashSet::new(),
             next_housekeeping: Instant::now() + HOUSEKEEPING,
             ids: IdGen::new(),
             next_refresh: None,
@@ -358,6 +361,7 @@ impl Router {
             .collect();
         for old in older {
             self.table.remove_link(old, now);
+            self.changed.insert(charger.clone());
         }
         let route = routing::RouteEntry {
             dest: charger.clone(),
@@ -370,6 +374,7 @@ impl Router {
         if let Err(e) = self.table.insert(route) {
             tracing::error!(charger = %charger, error = %e, "cannot route to the charger");
         }
+        self.changed.insert(charger.clone());
         self.grace.remove(&charger);
         self.links.insert(
             link,
@@ -433,6 +438,8 @@ impl Router {
             return;
         };
         let removed = self.table.remove_link(link, now);
+        self.changed
+            .extend(removed.entries.iter().map(|e| e.dest.clone()));
         match gone.kind {
             Kind::Overlay(o) => {
                 if o.uplink.is_some() {
@@ -910,14 +917,24 @@ impl Router {
         let Some(uplink) = self.uplink else {
             return;
         };
-        let now = Instant::now();
-        let ann = self
-            .announcer
-            .announce(uplink, &self.table, &self.validity(), now);
+        let ann = self.next_announcement(uplink, Instant::now());
         if ann.is_empty_delta() {
             return;
         }
         self.send_announcement(uplink, &ann).await;
+    }
+
+    /// Full after the uplink came up, then deltas over the ids that changed since the last one.
+    fn next_announcement(&mut self, uplink: LinkId, now: Instant) -> routing::Announcement {
+        let validity = self.validity();
+        let changed = std::mem::take(&mut self.changed);
+        self.announcer.announce_changes(
+            uplink,
+            &self.table,
+            changed.iter().map(String::as_str),
+            &validity,
+            now,
+        )
     }
 
     async fn send_announcement(&self, uplink: LinkId, ann: &routing::Announcement) {
@@ -1000,6 +1017,10 @@ impl Router {
         if !applied.installed.is_empty() || !applied.withdrawn.is_empty() {
             self.dirty = true;
         }
+        self.changed.extend(applied.installed.iter().cloned());
+        self.changed
+            .extend(applied.withdrawn.entries.iter().map(|e| e.dest.clone()));
+        self.changed.extend(applied.moved.iter().map(|m| m.id.clone()));
     }
 
     /// Hub: opens the CSMS socket of a reachable charger, unless it is open (or was refused) on
@@ -1135,6 +1156,8 @@ impl Router {
         }
         self.next_housekeeping = now + HOUSEKEEPING;
         let expired = self.table.expire(now);
+        self.changed
+            .extend(expired.entries.iter().map(|e| e.dest.clone()));
         if !expired.is_empty() {
             self.dirty = true;
             if self.forwarder.owns_csms() {
@@ -1160,9 +1183,7 @@ impl Router {
             if let Some(uplink) = self.uplink {
                 // Even an empty delta refreshes the routes' ttl upstream.
                 self.dirty = false;
-                let ann = self
-                    .announcer
-                    .announce(uplink, &self.table, &self.validity(), now);
+                let ann = self.next_announcement(uplink, now);
                 self.send_announcement(uplink, &ann).await;
             }
         }

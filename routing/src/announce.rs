@@ -229,22 +229,76 @@ impl Announcer {
         dests.dedup();
         dests
             .into_iter()
-            .filter_map(|dest| {
-                let best = table
-                    .entries(dest)
-                    .iter()
-                    .filter(|e| e.source != Source::AutoLearn)
-                    .filter(|e| e.expires.is_none_or(|t| now < t))
-                    .min_by_key(|e| (e.priority, e.source, e.link))?;
-                // Split horizon on the preferred route: if we reach it through `link`, telling
-                // `link` would invite it to route through us and back.
-                (best.link != link).then(|| AnnouncedRoute {
-                    destination_id: best.dest.clone(),
-                    priority: best.priority,
-                    ocpp_version: best.version,
-                })
-            })
+            .filter_map(|dest| Self::route_for(table, dest, link, now))
             .collect()
+    }
+
+    /// What `link` should hear about one id now: its preferred live static, connect or
+    /// announced entry, unless that entry leads through `link` itself.
+    pub fn route_for(
+        table: &Table,
+        dest: &str,
+        link: LinkId,
+        now: Instant,
+    ) -> Option<AnnouncedRoute> {
+        let best = table
+            .entries(dest)
+            .iter()
+            .filter(|e| e.source != Source::AutoLearn)
+            .filter(|e| e.expires.is_none_or(|t| now < t))
+            .min_by_key(|e| (e.priority, e.source, e.link))?;
+        // Split horizon on the preferred route: if we reach it through `link`, telling `link`
+        // would invite it to route through us and back.
+        (best.link != link).then(|| AnnouncedRoute {
+            destination_id: best.dest.clone(),
+            priority: best.priority,
+            ocpp_version: best.version,
+        })
+    }
+
+    /// Like [`Announcer::announce`], but only the ids in `changed` are looked at again, so a
+    /// change costs in proportion to its size, not to the table's. A link that has not had its
+    /// full announcement yet gets one (a scan of the table, once per link up).
+    pub fn announce_changes<'c>(
+        &mut self,
+        link: LinkId,
+        table: &Table,
+        changed: impl IntoIterator<Item = &'c str>,
+        validity: &Validity,
+        now: Instant,
+    ) -> Announcement {
+        let Some(last) = self.last.get_mut(&link) else {
+            return self.announce(link, table, validity, now);
+        };
+        let mut ids: Vec<&str> = changed.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let (mut routes, mut withdrawn) = (Vec::new(), Vec::new());
+        for id in ids {
+            match Self::route_for(table, id, link, now) {
+                Some(route) => {
+                    let value = (route.priority, route.ocpp_version);
+                    if last.get(id) != Some(&value) {
+                        last.insert(id.to_owned(), value);
+                        routes.push(route);
+                    }
+                }
+                None => {
+                    if last.remove(id).is_some() {
+                        withdrawn.push(id.to_owned());
+                    }
+                }
+            }
+        }
+        Announcement {
+            routing_node: self.own_id.clone(),
+            routes,
+            withdrawn,
+            full: false,
+            ttl: Some(validity.ttl.as_secs()),
+            not_before: validity.not_before.clone(),
+            not_after: validity.not_after.clone(),
+        }
     }
 
     /// The announcement for `link` now, and remembers it as sent. Full when the link is new,
@@ -511,6 +565,43 @@ mod tests {
 
     fn allow(p: &[&str]) -> AllowList {
         AllowList::parse(p.iter().copied()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn incremental_deltas_match_full_recomputation() {
+        let now = Instant::now();
+        let mut t = Table::default();
+        let (mut full, mut inc) = (Announcer::new("edge-1"), Announcer::new("edge-1"));
+        for a in [&mut full, &mut inc] {
+            a.link_up(UP);
+        }
+        // Both start with a full announcement of nothing.
+        assert!(full.announce(UP, &t, &validity(), now).full);
+        let first = inc.announce_changes(UP, &t, ["CP-0"], &validity(), now);
+        assert!(first.full, "a link's first announcement is full");
+        let mut changed: Vec<String> = Vec::new();
+        for step in 0..40u32 {
+            let id = format!("CP-{}", step % 7);
+            if step % 3 == 2 {
+                t.remove(&id, DOWN, Source::Connect, now);
+            } else {
+                connect(&mut t, &id, DOWN, Some(OcppVersion::V16));
+            }
+            changed.push(id);
+            if step % 4 == 3 {
+                let a = full.announce(UP, &t, &validity(), now);
+                let b = inc.announce_changes(
+                    UP,
+                    &t,
+                    changed.iter().map(String::as_str),
+                    &validity(),
+                    now,
+                );
+                assert_eq!(ids(&a.routes), ids(&b.routes), "step {step}");
+                assert_eq!(a.withdrawn, b.withdrawn, "step {step}");
+                changed.clear();
+            }
+        }
     }
 
     #[test]
