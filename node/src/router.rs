@@ -1020,7 +1020,8 @@ impl Router {
         self.changed.extend(applied.installed.iter().cloned());
         self.changed
             .extend(applied.withdrawn.entries.iter().map(|e| e.dest.clone()));
-        self.changed.extend(applied.moved.iter().map(|m| m.id.clone()));
+        self.changed
+            .extend(applied.moved.iter().map(|m| m.id.clone()));
     }
 
     /// Hub: opens the CSMS socket of a reachable charger, unless it is open (or was refused) on
