@@ -107,7 +107,7 @@ pub async fn run(
             tokio::select! {
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
-                        let event = Event::FromCsms { link, text: text.as_str().to_owned() };
+                        let event = Event::FromCsms { link, text };
                         if router.send(event).await.is_err() {
                             return;
                         }

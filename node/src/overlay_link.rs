@@ -74,10 +74,7 @@ where
             heard();
             match msg {
                 Some(Ok(Message::Text(text))) => {
-                    let event = Event::FromLink {
-                        link,
-                        text: text.as_str().to_owned(),
-                    };
+                    let event = Event::FromLink { link, text };
                     if router.send(event).await.is_err() {
                         return "router stopped".to_owned();
                     }

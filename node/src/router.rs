@@ -20,6 +20,7 @@ use routing::correlation::{self, Correlation};
 use routing::{AllowList, Announcer, Decision, Forwarder, Ingress, LinkId, Table, TableConfig};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use wire::text::{Body, Frame, OverlayFrame, decode_overlay, decode_plain};
 use wire::{Limits, MessageType, OcppVersion, Route};
 
@@ -59,7 +60,8 @@ pub enum Event {
     /// A frame from a plain charger: a CALL that passed schema validation, or a reply.
     FromCharger {
         link: LinkId,
-        text: String,
+        /// The bytes as read: shared with the socket's buffer, not copied.
+        text: Utf8Bytes,
     },
     /// An overlay link came up; `uplink` names it when this node dialled it.
     LinkUp {
@@ -75,7 +77,7 @@ pub enum Event {
     },
     FromLink {
         link: LinkId,
-        text: String,
+        text: Utf8Bytes,
     },
     /// Hub: a charger's CSMS socket opened.
     CsmsOpen {
@@ -93,7 +95,7 @@ pub enum Event {
     },
     FromCsms {
         link: LinkId,
-        text: String,
+        text: Utf8Bytes,
     },
     /// The admin API asks for the routing state.
     Snapshot(oneshot::Sender<Value>),
@@ -113,7 +115,8 @@ struct ChargerLink {
 
 struct OverlayLink {
     peer: String,
-    allow: AllowList,
+    /// Shared, so that checking a frame against it clones a pointer, not the list.
+    allow: Arc<AllowList>,
     uplink: Option<String>,
     remote: SocketAddr,
 }
@@ -424,7 +427,7 @@ impl Router {
             Link {
                 kind: Kind::Overlay(OverlayLink {
                     peer,
-                    allow,
+                    allow: Arc::new(allow),
                     uplink,
                     remote,
                 }),
@@ -478,17 +481,41 @@ impl Router {
         self.dirty = true;
     }
 
+    fn charger(&self, link: LinkId) -> Option<&ChargerLink> {
+        match self.links.get(&link).map(|l| &l.kind) {
+            Some(Kind::Charger(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn charger_mut(&mut self, link: LinkId) -> Option<&mut ChargerLink> {
+        match self.links.get_mut(&link).map(|l| &mut l.kind) {
+            Some(Kind::Charger(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn overlay(&self, link: LinkId) -> Option<&OverlayLink> {
+        match self.links.get(&link).map(|l| &l.kind) {
+            Some(Kind::Overlay(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    fn csms_link(&self, link: LinkId) -> Option<&CsmsLink> {
+        match self.links.get(&link).map(|l| &l.kind) {
+            Some(Kind::Csms(c)) => Some(c),
+            _ => None,
+        }
+    }
+
     // -----------------------------------------------------------------------------------------
     // Frames
     // -----------------------------------------------------------------------------------------
 
     /// A charger's frame: a CALL goes up under a fresh UUID (§6.1), a reply answers a CSMS CALL.
     async fn on_charger_frame(&mut self, link: LinkId, text: &str, now: Instant) {
-        let Some(Link {
-            kind: Kind::Charger(c),
-            ..
-        }) = self.links.get(&link)
-        else {
+        let Some(c) = self.charger(link) else {
             return;
         };
         let charger = c.id.clone();
@@ -542,11 +569,7 @@ impl Router {
     }
 
     async fn on_link_frame(&mut self, link: LinkId, text: &str, now: Instant) {
-        let Some(Link {
-            kind: Kind::Overlay(o),
-            ..
-        }) = self.links.get(&link)
-        else {
+        let Some(o) = self.overlay(link) else {
             return;
         };
         let frame = match decode_overlay(text, &self.limits) {
@@ -588,11 +611,7 @@ impl Router {
 
     /// Hub: a frame the CSMS sent on charger `c`'s socket.
     async fn on_csms_frame(&mut self, link: LinkId, text: &str, now: Instant) {
-        let Some(Link {
-            kind: Kind::Csms(c),
-            ..
-        }) = self.links.get(&link)
-        else {
+        let Some(c) = self.csms_link(link) else {
             return;
         };
         let charger = c.charger.clone();
@@ -796,11 +815,7 @@ impl Router {
 
     /// One CSMS CALL at a time toward a charger; later ones wait in a bounded queue (§6.1).
     fn call_charger(&mut self, link: LinkId, id: String, text: String, reply_to: &str) {
-        let Some(Link {
-            kind: Kind::Charger(c),
-            ..
-        }) = self.links.get_mut(&link)
-        else {
+        let Some(c) = self.charger_mut(link) else {
             return;
         };
         if c.busy.is_none() {
@@ -824,11 +839,7 @@ impl Router {
 
     /// The charger answered (or timed out on) its outstanding CALL: send the next one.
     fn charger_answered(&mut self, link: LinkId) {
-        let Some(Link {
-            kind: Kind::Charger(c),
-            ..
-        }) = self.links.get_mut(&link)
-        else {
+        let Some(c) = self.charger_mut(link) else {
             return;
         };
         c.busy = None;
@@ -848,11 +859,7 @@ impl Router {
         if payload["status"] != "Refused" {
             return;
         }
-        let Some(Link {
-            kind: Kind::Charger(c),
-            ..
-        }) = self.links.get(&link)
-        else {
+        let Some(c) = self.charger(link) else {
             return;
         };
         tracing::warn!(
@@ -942,18 +949,30 @@ impl Router {
         let Ok(raw) = serde_json::value::RawValue::from_string(payload) else {
             return;
         };
-        let frame = OverlayFrame {
-            dest: Route::single(routing::CSMS),
-            path: Route::single(self.forwarder.own_id().to_owned()),
+        let own = self.forwarder.own_id().to_owned();
+        let frame = self.send_frame(routing::CSMS.to_owned(), own, announce::ACTION, &raw);
+        self.write_overlay(uplink, frame.to_text()).await;
+    }
+
+    /// A SEND this node originates, under a fresh id.
+    fn send_frame<'r>(
+        &self,
+        dest: String,
+        path: String,
+        action: &'static str,
+        payload: &'r serde_json::value::RawValue,
+    ) -> OverlayFrame<'r> {
+        OverlayFrame {
+            dest: Route::single(dest),
+            path: Route::single(path),
             frame: Frame {
                 id: self.ids.next().into(),
                 body: Body::Send {
-                    action: announce::ACTION.into(),
-                    payload: wire::Json::new(&raw),
+                    action: action.into(),
+                    payload: wire::Json::new(payload),
                 },
             },
-        };
-        self.write_overlay(uplink, frame.to_text()).await;
+        }
     }
 
     fn validity(&self) -> Validity {
@@ -1101,11 +1120,7 @@ impl Router {
         now: Instant,
     ) {
         self.set_csms_state(link, CsmsState::Refused);
-        let Some(Link {
-            kind: Kind::Csms(c),
-            ..
-        }) = self.links.get(&link)
-        else {
+        let Some(c) = self.csms_link(link) else {
             return;
         };
         let charger = c.charger.clone();
@@ -1114,17 +1129,12 @@ impl Router {
         let Ok(raw) = serde_json::value::to_raw_value(&payload) else {
             return;
         };
-        let frame = OverlayFrame {
-            dest: Route::single(charger.clone()),
-            path: Route::single(routing::CSMS),
-            frame: Frame {
-                id: self.ids.next().into(),
-                body: Body::Send {
-                    action: CHARGER_CONNECTION_STATUS.into(),
-                    payload: wire::Json::new(&raw),
-                },
-            },
-        };
+        let frame = self.send_frame(
+            charger,
+            routing::CSMS.to_owned(),
+            CHARGER_CONNECTION_STATUS,
+            &raw,
+        );
         self.route(Ingress::Plain { link }, frame, now).await;
     }
 
@@ -1142,7 +1152,9 @@ impl Router {
         for (key, pending) in self.down.expire(now) {
             // The hub answers the CSMS on its own timer; here only the queue moves on.
             tracing::info!(charger = %key.source, id = %key.id, "charger did not answer a CSMS CALL in time");
-            let busy = matches!(self.links.get(&pending.data.link), Some(Link { kind: Kind::Charger(c), .. }) if c.busy.as_deref() == Some(key.id.as_str()));
+            let busy = self
+                .charger(pending.data.link)
+                .is_some_and(|c| c.busy.as_deref() == Some(key.id.as_str()));
             if busy {
                 self.charger_answered(pending.data.link);
             }

@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use wire::text::{Body, Frame, decode_plain};
 use wire::{ErrorCode, Limits, OcppVersion};
 
@@ -167,7 +167,7 @@ impl Session {
         match msg {
             Some(Ok(Message::Text(text))) => {
                 self.node.metrics.frames_in.inc();
-                let Some(reply) = self.on_text(text.as_str()).await else {
+                let Some(reply) = self.on_text(&text).await else {
                     return Next::Continue;
                 };
                 self.node.metrics.frames_out.inc();
@@ -198,7 +198,8 @@ impl Session {
     }
 
     /// Answers one text frame; `None` when it needs no answer (results, SEND).
-    async fn on_text(&self, text: &str) -> Option<String> {
+    async fn on_text(&self, bytes: &Utf8Bytes) -> Option<String> {
+        let text = bytes.as_str();
         let frame = match decode_plain(text, &self.limits) {
             Ok(frame) => frame,
             Err(e) => {
@@ -227,11 +228,11 @@ impl Session {
         }
         match &frame.body {
             Body::Call { action, payload } => {
-                self.on_call(&frame.id, action, payload.get(), text).await
+                self.on_call(&frame.id, action, payload.get(), bytes).await
             }
             Body::Send { action, payload } => {
                 match self.check_payload(action, payload.get()) {
-                    Ok(_) => self.to_router(text).await,
+                    Ok(_) => self.to_router(bytes).await,
                     Err(code_why) => {
                         tracing::info!(charger = %self.charger_id, action = %action, "invalid SEND dropped: {}", code_why.1)
                     }
@@ -240,7 +241,7 @@ impl Session {
             }
             // Replies answer the CSMS's CALLs, which only the router sends.
             _ if self.router.is_some() => {
-                self.to_router(text).await;
+                self.to_router(bytes).await;
                 None
             }
             _ => {
@@ -252,7 +253,13 @@ impl Session {
 
     /// Validates a CALL (§6.5: once, where it enters the overlay), then answers it here or
     /// hands it to the router. `None`: the answer comes later, from the router.
-    async fn on_call(&self, id: &str, action: &str, payload: &str, text: &str) -> Option<String> {
+    async fn on_call(
+        &self,
+        id: &str,
+        action: &str,
+        payload: &str,
+        bytes: &Utf8Bytes,
+    ) -> Option<String> {
         if !self.node.schemas.knows(self.version, action) {
             return Some(self.error(
                 id,
@@ -265,17 +272,18 @@ impl Session {
             Err((code, why)) => return Some(self.error(id, code, &why)),
         };
         if self.router.is_some() {
-            self.to_router(text).await;
+            self.to_router(bytes).await;
             return None;
         }
         Some(self.answer_locally(id, action, payload, parsed).await)
     }
 
-    async fn to_router(&self, text: &str) {
+    /// Hands the frame to the router without copying it: `Utf8Bytes` shares the read buffer.
+    async fn to_router(&self, bytes: &Utf8Bytes) {
         if let Some((router, link)) = &self.router {
             let event = Event::FromCharger {
                 link: *link,
-                text: text.to_owned(),
+                text: bytes.clone(),
             };
             let _ = router.send(event).await;
         }

@@ -3,103 +3,16 @@
 //! and announces itself with a `listening <name> <url>` line, so these tests run in parallel with
 //! anything else.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
+use common::{Proc, SIM, parse_json};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-const SIM: &str = env!("CARGO_BIN_EXE_ocpp-sim");
-
-const LINE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A child process that is killed when the test ends, also when it panics.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(SIM)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {SIM}: {e}"));
-        let stdout = child.stdout.take().unwrap();
-        Proc {
-            child,
-            lines: forward_lines(stdout),
-        }
-    }
-
-    /// The next stdout line, or a panic after `LINE_TIMEOUT`.
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(LINE_TIMEOUT)
-            .expect("no line on stdout in time (or the process exited)")
-    }
-
-    /// The URL of the `listening <name> <url>` line.
-    fn listening(&self, name: &str) -> String {
-        let line = self.line();
-        let mut words = line.split_whitespace();
-        assert_eq!(words.next(), Some("listening"), "{line}");
-        assert_eq!(words.next(), Some(name), "{line}");
-        words.next().unwrap().to_owned()
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Waits for the process to exit on its own, up to `LINE_TIMEOUT`.
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "process did not exit in time");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads stdout on a thread so that waiting for a line can time out.
-fn forward_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn parse_json(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-}
 
 /// Starts `ocpp-sim load --url <url> <args>`; collect it with [`finish_load`].
 fn start_load(url: &str, args: &[&str]) -> Child {
@@ -184,17 +97,17 @@ fn check_closed(report: &Value, chargers: u64) {
 
 #[test]
 fn load_runs_against_the_backend_directly_and_through_the_forwarder() {
-    let mut backend = Proc::spawn(&["backend", "--listen", "127.0.0.1:0"]);
-    let backend_url = backend.listening("backend");
+    let mut backend = Proc::sim(&["backend", "--listen", "127.0.0.1:0"]);
+    let backend_url = backend.first_listening("backend");
     assert!(backend_url.starts_with("ws://127.0.0.1:"), "{backend_url}");
-    let forward = Proc::spawn(&[
+    let forward = Proc::sim(&[
         "forward",
         "--listen",
         "127.0.0.1:0",
         "--upstream",
         &backend_url,
     ]);
-    let forward_url = forward.listening("forward");
+    let forward_url = forward.first_listening("forward");
 
     let closed = [
         "--chargers",
@@ -235,8 +148,8 @@ fn load_runs_against_the_backend_directly_and_through_the_forwarder() {
 
 #[test]
 fn open_loop_keeps_its_rate() {
-    let mut backend = Proc::spawn(&["backend", "--listen", "127.0.0.1:0"]);
-    let url = backend.listening("backend");
+    let mut backend = Proc::sim(&["backend", "--listen", "127.0.0.1:0"]);
+    let url = backend.first_listening("backend");
     let load = start_load(
         &url,
         &[
@@ -270,9 +183,9 @@ fn open_loop_keeps_its_rate() {
 
 #[test]
 fn idle_chargers_report_ready_and_leave_on_sigterm() {
-    let mut backend = Proc::spawn(&["backend", "--listen", "127.0.0.1:0"]);
-    let url = backend.listening("backend");
-    let mut load = Proc::spawn(&["load", "--url", &url, "--chargers", "3", "--mode", "idle"]);
+    let mut backend = Proc::sim(&["backend", "--listen", "127.0.0.1:0"]);
+    let url = backend.first_listening("backend");
+    let mut load = Proc::sim(&["load", "--url", &url, "--chargers", "3", "--mode", "idle"]);
     assert_eq!(load.line(), "ready 3");
     load.sigterm();
     assert!(load.wait().success());
@@ -299,8 +212,8 @@ async fn exchange(ws: &mut Ws, text: &str) -> Value {
 
 #[tokio::test]
 async fn backend_takes_any_path_and_answers_any_action() {
-    let mut backend = Proc::spawn(&["backend", "--listen", "127.0.0.1:0"]);
-    let url = backend.listening("backend");
+    let mut backend = Proc::sim(&["backend", "--listen", "127.0.0.1:0"]);
+    let url = backend.first_listening("backend");
     let base = url.strip_suffix("/ocpp").unwrap();
     let mut request = format!("{base}/some/deep/path/CP-7")
         .into_client_request()

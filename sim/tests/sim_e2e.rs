@@ -2,12 +2,13 @@
 //! the real `ocpp-node`. Every process listens on port 0 and announces itself with a
 //! `listening <name> <url>` line, so these tests run in parallel with anything else.
 
+mod common;
+use common::{Proc, SIM, parse_json};
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -16,97 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const SIM: &str = env!("CARGO_BIN_EXE_ocpp-sim");
-
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-const LINE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A child process that is killed when the test ends, also when it panics.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(program: &Path, args: &[&str]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
-        let stdout = child.stdout.take().unwrap();
-        Proc {
-            child,
-            lines: forward_lines(stdout),
-        }
-    }
-
-    /// The next stdout line, or a panic after `LINE_TIMEOUT`.
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(LINE_TIMEOUT)
-            .expect("no line on stdout in time (or the process exited)")
-    }
-
-    /// The URL of the first `listening <name> <url>` line for `name`, skipping other lines.
-    fn listening(&self, name: &str) -> String {
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no `listening {name}` line"));
-            let mut words = line.split_whitespace();
-            if words.next() == Some("listening") && words.next() == Some(name) {
-                return words.next().unwrap().to_owned();
-            }
-        }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Waits for the process to exit on its own, up to `LINE_TIMEOUT`.
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "process did not exit in time");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads stdout on a thread so that waiting for a line can time out.
-fn forward_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 /// Starts `ocpp-sim charger` with `args`; collect it with [`finish_chargers`].
 fn start_chargers(url: &str, version: &str, prefix: &str, count: u32) -> Child {
@@ -142,10 +54,6 @@ fn finish_chargers(child: Child, count: u32) -> Value {
     assert_eq!(summary["failed"], 0, "{summary}");
     assert_eq!(summary["errors"], 0, "{summary}");
     summary
-}
-
-fn parse_json(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
 /// What one charger of the default script sends with `--transactions 2` (one heartbeat, one

@@ -114,6 +114,18 @@ impl Drop for NodeProc {
 }
 
 fn spawn(config: &Path, dir: &Path) -> (Child, String, String) {
+    let (child, urls) = spawn_node(config, dir);
+    let url = |name: &str| urls.get(name).cloned().unwrap_or_default();
+    (child, url("chargers"), url("admin"))
+}
+
+/// Starts `ocpp-node run --config <config>` with stderr appended to `<dir>/stderr.log`, and
+/// returns it with the URL of every `listening <name> <url>` line. The admin API is announced
+/// last, so its line means every listener is up.
+pub fn spawn_node(
+    config: &Path,
+    dir: &Path,
+) -> (Child, std::collections::BTreeMap<String, String>) {
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -122,6 +134,7 @@ fn spawn(config: &Path, dir: &Path) -> (Child, String, String) {
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(config)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -130,30 +143,27 @@ fn spawn(config: &Path, dir: &Path) -> (Child, String, String) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+            if tx.send(line).is_err() {
+                break;
+            }
         }
     });
-    let (mut chargers, mut admin) = (None, None);
-    while chargers.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "node did not announce its listeners; stderr:\n{}",
-                    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
-                )
-            });
-        if let Some(url) = line.strip_prefix("listening chargers ") {
-            chargers = Some(url.to_owned());
-        } else if let Some(url) = line.strip_prefix("listening admin ") {
-            admin = Some(url.to_owned());
+    let mut urls = std::collections::BTreeMap::new();
+    while !urls.contains_key("admin") {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            panic!(
+                "node did not announce its listeners (got {urls:?}); stderr:\n{}",
+                std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+            );
+        };
+        let mut words = line.split_whitespace();
+        if let (Some("listening"), Some(name), Some(url)) =
+            (words.next(), words.next(), words.next())
+        {
+            urls.insert(name.to_owned(), url.to_owned());
         }
     }
-    (
-        child,
-        chargers.unwrap_or_default(),
-        admin.unwrap_or_default(),
-    )
+    (child, urls)
 }
 
 pub fn http_get_json(base: &str, path: &str) -> serde_json::Value {

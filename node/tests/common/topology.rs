@@ -11,12 +11,12 @@
 //! * [`Charger`] and [`overlay_connect`]: plain and overlay WebSocket clients.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -28,14 +28,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::{BIN, Ws, http_get_json, http_get_text};
+use super::{Ws, http_get_json, http_get_text};
 
 /// The header that asks for overlay mode at the upgrade (ARCHITECTURE §3.1).
 pub const OVERLAY_HEADER: &str = "X-OCPP-NetworkingMode";
 pub const OVERLAY_MODE: &str = "OverlayNetwork";
-
-/// How long a node may take to print its `listening` lines.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Nodes
@@ -68,48 +65,8 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("stderr.log"))
-            .expect("stderr log");
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn ocpp-node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, urls) = super::spawn_node(&self.config, self.dir.path());
         self.child = Some(child);
-        // The node prints its listeners, then the admin API last.
-        let mut urls = BTreeMap::new();
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !urls.contains_key("admin") {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                panic!(
-                    "node {} did not announce its listeners (got {urls:?}); stderr:\n{}",
-                    self.id,
-                    self.stderr_log()
-                );
-            };
-            let mut words = line.split_whitespace();
-            if let (Some("listening"), Some(name), Some(url)) =
-                (words.next(), words.next(), words.next())
-            {
-                urls.insert(name.to_owned(), url.to_owned());
-            }
-        }
         self.urls = urls;
     }
 
