@@ -139,6 +139,24 @@ pub struct ListenerConfig {
     pub upgrade_timeout_s: u64,
     /// Open connections (including unfinished upgrades) beyond which new ones are closed at once.
     pub max_connections: usize,
+    /// CALLs one charger may have waiting for the CSMS's answer at once; more get CALLERROR
+    /// "busy" (OCPP-J allows one; a few absorb chargers that retry early).
+    pub max_pending_calls: usize,
+    /// Seconds between WebSocket pings to a charger; 0 = never ping.
+    pub ping_interval_s: u64,
+    /// A charger silent (no frame, no pong) for ping_interval_s + this is disconnected.
+    pub pong_timeout_s: u64,
+    /// A frame the charger's socket does not take within this many seconds disconnects it
+    /// (a peer that never reads must not pin a task and its buffers).
+    pub write_timeout_s: u64,
+    /// New connections per second admitted from one IP address, with `ip_connect_burst` on top.
+    pub ip_connect_rate: u32,
+    pub ip_connect_burst: u32,
+    /// Failed authentications from one IP address before it is blocked.
+    pub auth_failures_per_ip: u32,
+    /// First block in seconds; it doubles with every further failure up to auth_block_max_s.
+    pub auth_block_s: u64,
+    pub auth_block_max_s: u64,
     /// Profiles 2 and 3: the server certificate chain (PEM, leaf first) and its private key.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -160,6 +178,15 @@ impl Default for ListenerConfig {
             max_frame_bytes: 1024 * 1024,
             upgrade_timeout_s: 10,
             max_connections: 20_000,
+            max_pending_calls: 8,
+            ping_interval_s: 60,
+            pong_timeout_s: 30,
+            write_timeout_s: 30,
+            ip_connect_rate: 20,
+            ip_connect_burst: 200,
+            auth_failures_per_ip: 10,
+            auth_block_s: 10,
+            auth_block_max_s: 600,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -1024,6 +1051,38 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
                 ),
             );
         }
+        let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 9] = [
+            ("max_pending_calls", l.max_pending_calls as u64, 1..=32),
+            ("ping_interval_s", l.ping_interval_s, 0..=3600),
+            ("pong_timeout_s", l.pong_timeout_s, 1..=600),
+            ("write_timeout_s", l.write_timeout_s, 1..=600),
+            ("ip_connect_rate", l.ip_connect_rate.into(), 1..=100_000),
+            ("ip_connect_burst", l.ip_connect_burst.into(), 1..=1_000_000),
+            (
+                "auth_failures_per_ip",
+                l.auth_failures_per_ip.into(),
+                1..=100_000,
+            ),
+            ("auth_block_s", l.auth_block_s, 1..=86_400),
+            ("auth_block_max_s", l.auth_block_max_s, 1..=86_400),
+        ];
+        for (key, value, range) in ranges {
+            if !range.contains(&value) {
+                err(
+                    lpath(i, key),
+                    format!("{value} is outside {}..={}", range.start(), range.end()),
+                );
+            }
+        }
+        if l.auth_block_max_s < l.auth_block_s {
+            err(
+                lpath(i, "auth_block_max_s"),
+                format!(
+                    "{} is less than auth_block_s ({})",
+                    l.auth_block_max_s, l.auth_block_s
+                ),
+            );
+        }
     }
 
     let hb = config.local_csms.heartbeat_interval_s;
@@ -1506,6 +1565,14 @@ mod tests {
             ("upgrade_timeout_s = 0", "listener[0].upgrade_timeout_s"),
             ("upgrade_timeout_s = 301", "listener[0].upgrade_timeout_s"),
             ("max_connections = 0", "listener[0].max_connections"),
+            ("max_pending_calls = 0", "listener[0].max_pending_calls"),
+            ("ping_interval_s = 3601", "listener[0].ping_interval_s"),
+            ("write_timeout_s = 0", "listener[0].write_timeout_s"),
+            ("ip_connect_rate = 0", "listener[0].ip_connect_rate"),
+            (
+                "auth_block_s = 60\nauth_block_max_s = 10",
+                "listener[0].auth_block_max_s",
+            ),
             (r#"name = """#, "listener[0].name"),
             (r#"name = "a b""#, "listener[0].name"),
             (r#"bind = "0.0.0.0:9800""#, "listener[0].bind"),

@@ -83,6 +83,7 @@ pub async fn accept<S>(
     mut stream: S,
     peer: SocketAddr,
     tls_peer: Option<PeerIdentity>,
+    guard: &crate::ip_guard::IpGuard,
 ) -> Option<Upgraded<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -103,6 +104,18 @@ where
     let (id, kind) = match decide(node, cfg, &req, tls_peer.as_ref()).await {
         Ok(ok) => ok,
         Err(refusal) => {
+            if matches!(refusal.label, "auth" | "certificate")
+                && let Some(block) = guard.auth_failed(peer.ip(), std::time::Instant::now())
+            {
+                node.security_event(
+                    "ip_blocked",
+                    format_args!(
+                        "{} blocked for {}s after repeated failed authentication",
+                        peer.ip(),
+                        block.as_secs()
+                    ),
+                );
+            }
             refuse(node, &mut stream, peer, refusal).await;
             return None;
         }

@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
 use crate::handshake::Peer;
+use crate::ip_guard::{self, IpGuard, Refusal};
 use crate::overlay_link::LinkSpec;
 use crate::session::Charger;
 use crate::state::{ListenerInfo, Node};
@@ -42,6 +43,13 @@ pub async fn bind(
         ),
         security_profile: cfg.security_profile,
     };
+    let guard = Arc::new(IpGuard::new(ip_guard::Limits {
+        rate: f64::from(cfg.ip_connect_rate),
+        burst: f64::from(cfg.ip_connect_burst),
+        failures: cfg.auth_failures_per_ip,
+        block: Duration::from_secs(cfg.auth_block_s),
+        block_max: Duration::from_secs(cfg.auth_block_max_s),
+    }));
     let cfg = Arc::new(cfg);
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let serve = async move {
@@ -55,6 +63,21 @@ pub async fn bind(
                     continue;
                 }
             };
+            // Per-IP limits first: a flood from one address is closed before it costs a task,
+            // a TLS handshake or a password hash.
+            match guard.admit(peer.ip(), std::time::Instant::now()) {
+                Ok(()) => {}
+                Err(Refusal::Rate) => {
+                    node.metrics.refused("ip_rate");
+                    tracing::debug!(%peer, listener = %cfg.name, "connection rate from this address exceeded; closing");
+                    continue;
+                }
+                Err(Refusal::Blocked(left)) => {
+                    node.metrics.refused("ip_blocked");
+                    tracing::debug!(%peer, listener = %cfg.name, left_s = left.as_secs(), "address blocked after failed authentication; closing");
+                    continue;
+                }
+            }
             // Every connection, finished upgrade or not, holds a slot until it ends: the number of
             // tasks and buffers a flood can create is bounded by max_connections.
             let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -63,9 +86,9 @@ pub async fn bind(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (node, cfg, tls) = (node.clone(), cfg.clone(), tls.clone());
+            let (node, cfg, tls, guard) = (node.clone(), cfg.clone(), tls.clone(), guard.clone());
             tokio::spawn(async move {
-                connection(node, cfg, tls, stream, peer).await;
+                connection(node, cfg, tls, stream, peer, &guard).await;
                 drop(slot);
             });
         }
@@ -79,9 +102,10 @@ async fn connection(
     tls: Option<TlsAcceptor>,
     tcp: TcpStream,
     peer: SocketAddr,
+    guard: &IpGuard,
 ) {
     let Some(acceptor) = tls else {
-        return upgrade(node, cfg, tcp, peer, None).await;
+        return upgrade(node, cfg, tcp, peer, None, guard).await;
     };
     // The TLS handshake counts against the same budget as the HTTP upgrade (slowloris).
     let limit = Duration::from_secs(cfg.upgrade_timeout_s);
@@ -93,7 +117,7 @@ async fn connection(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(tls::peer_identity);
-            upgrade(node, cfg, stream, peer, identity).await;
+            upgrade(node, cfg, stream, peer, identity, guard).await;
         }
         Ok(Err(e)) => {
             node.metrics.refused("tls");
@@ -112,10 +136,12 @@ async fn upgrade<S>(
     stream: S,
     peer: SocketAddr,
     identity: Option<PeerIdentity>,
+    guard: &IpGuard,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(up) = crate::handshake::accept(&node, &cfg, stream, peer, identity).await else {
+    let Some(up) = crate::handshake::accept(&node, &cfg, stream, peer, identity, guard).await
+    else {
         return;
     };
     match up.peer {
@@ -127,6 +153,10 @@ async fn upgrade<S>(
                 listener: cfg.name.clone(),
                 max_frame_bytes: cfg.max_frame_bytes,
                 remote: peer,
+                max_pending_calls: cfg.max_pending_calls,
+                ping_interval: Duration::from_secs(cfg.ping_interval_s),
+                pong_timeout: Duration::from_secs(cfg.pong_timeout_s),
+                write_timeout: Duration::from_secs(cfg.write_timeout_s),
             };
             crate::session::run(node, charger, up.ws).await;
         }

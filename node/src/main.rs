@@ -10,6 +10,7 @@ mod config;
 mod csms_connector;
 mod dial;
 mod handshake;
+mod ip_guard;
 mod listener;
 mod local_csms;
 mod metrics;

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use routing::announce::{self, ApplyOptions, RouteRejection, Validity};
@@ -53,6 +54,9 @@ pub enum Event {
         tx: mpsc::Sender<ToPeer>,
         /// Wakes the session to close when its channel is full (a slow consumer).
         kill: Arc<Notify>,
+        /// The charger's CALLs waiting for an answer: the session counts them in (and answers
+        /// "busy" beyond its limit), the router counts them out when each is settled.
+        pending: Arc<AtomicUsize>,
     },
     ChargerDown {
         link: LinkId,
@@ -111,6 +115,8 @@ struct ChargerLink {
     /// The id of the CALL the charger has yet to answer (one per direction, §6.1).
     busy: Option<String>,
     queue: VecDeque<(String, String)>,
+    /// The charger's CALLs still waiting for an answer (see `Event::ChargerUp`).
+    pending: Arc<AtomicUsize>,
 }
 
 struct OverlayLink {
@@ -314,7 +320,8 @@ impl Router {
                 version,
                 tx,
                 kill,
-            } => self.charger_up(link, charger, version, tx, kill, now),
+                pending,
+            } => self.charger_up(link, charger, version, (tx, kill), pending, now),
             Event::ChargerDown { link } => self.link_down(link, now),
             Event::FromCharger { link, text } => self.on_charger_frame(link, &text, now).await,
             Event::LinkUp {
@@ -350,8 +357,8 @@ impl Router {
         link: LinkId,
         charger: String,
         version: OcppVersion,
-        tx: mpsc::Sender<ToPeer>,
-        kill: Arc<Notify>,
+        (tx, kill): (mpsc::Sender<ToPeer>, Arc<Notify>),
+        pending: Arc<AtomicUsize>,
         now: Instant,
     ) {
         // A newer connection of the same charger replaces the older one (§4): route to it at
@@ -388,6 +395,7 @@ impl Router {
                     kill,
                     busy: None,
                     queue: VecDeque::new(),
+                    pending,
                 }),
                 tx,
             },
@@ -529,8 +537,10 @@ impl Router {
         let overlay = match frame.message_type() {
             MessageType::Call => {
                 if self.uplink.is_none() && !self.forwarder.owns_csms() {
+                    self.call_settled(link);
                     let error = Frame::error(frame.id, "GenericError", "uplink unavailable");
-                    return self.send_plain(link, error.to_plain_string());
+                    self.send_plain(link, error.to_plain_string());
+                    return;
                 }
                 let upstream = self.ids.next();
                 let deadline = now + self.request_timeout;
@@ -544,6 +554,7 @@ impl Router {
                 ) {
                     Ok(f) => f,
                     Err(e) => {
+                        self.call_settled(link);
                         tracing::warn!(charger = %charger, error = %e, "CALL not forwarded");
                         return;
                     }
@@ -628,7 +639,8 @@ impl Router {
                     e.error_code().spelling(version),
                     e.to_string(),
                 );
-                return self.send_plain(link, error.to_plain_string());
+                self.send_plain(link, error.to_plain_string());
+                return;
             }
         };
         let is_call = frame.message_type() == MessageType::Call;
@@ -749,11 +761,21 @@ impl Router {
         }
         let link = entry.link;
         match frame.frame.message_type() {
-            MessageType::Call | MessageType::Send => {
+            MessageType::Call => {
+                if !self.send_plain(link, frame.frame.to_plain_string()) {
+                    let error = self
+                        .forwarder
+                        .error_to_originator(&frame, "the CSMS socket is busy; retry");
+                    self.deferred.push(Deferred::Local(error.to_text()));
+                }
+            }
+            MessageType::Send => {
                 self.send_plain(link, frame.frame.to_plain_string());
             }
             _ => match self.hub_calls.take(&charger, &frame.frame.id) {
-                Some(pending) => self.send_plain(pending.data.link, frame.frame.to_plain_string()),
+                Some(pending) => {
+                    self.send_plain(pending.data.link, frame.frame.to_plain_string());
+                }
                 None => tracing::debug!(charger = %charger, "late reply to a CSMS CALL dropped"),
             },
         }
@@ -769,7 +791,9 @@ impl Router {
                 let text = frame.to_text();
                 self.send_overlay(link, text).await;
             }
-            Kind::Csms(_) => self.send_plain(link, frame.frame.to_plain_string()),
+            Kind::Csms(_) => {
+                self.send_plain(link, frame.frame.to_plain_string());
+            }
             Kind::Charger(c) => {
                 let version = c.version;
                 match frame.frame.message_type() {
@@ -801,6 +825,7 @@ impl Router {
                     }
                     _ => match correlation::overlay_reply_to_plain(&mut self.up, frame) {
                         Ok((plain, pending)) => {
+                            self.call_settled(pending.data.link);
                             if !plain.message_type().allowed_in(version) {
                                 return;
                             }
@@ -813,6 +838,16 @@ impl Router {
         }
     }
 
+    /// A charger's CALL got its answer (or its timeout).
+    fn call_settled(&self, link: LinkId) {
+        if let Some(c) = self.charger(link) {
+            // Never below zero, whatever order a reply and a timeout arrive in.
+            let _ = c
+                .pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
     /// One CSMS CALL at a time toward a charger; later ones wait in a bounded queue (§6.1).
     fn call_charger(&mut self, link: LinkId, id: String, text: String, reply_to: &str) {
         let Some(c) = self.charger_mut(link) else {
@@ -820,7 +855,8 @@ impl Router {
         };
         if c.busy.is_none() {
             c.busy = Some(id);
-            return self.send_plain(link, text);
+            self.send_plain(link, text);
+            return;
         }
         if c.queue.len() < CHARGER_CALL_QUEUE {
             c.queue.push_back((id, text));
@@ -883,19 +919,29 @@ impl Router {
 
     /// A plain text to a charger or CSMS socket. Never waits: a peer that does not keep up is
     /// disconnected rather than allowed to stall the router.
-    fn send_plain(&mut self, link: LinkId, text: String) {
+    ///
+    /// False when the frame was not queued. A charger that does not keep up is closed; a CSMS
+    /// socket that does not keep up keeps its connection, and the caller answers a CALL that
+    /// could not be queued with a CALLERROR, so the charger keeps (and retries) its message
+    /// rather than the node dropping it silently.
+    fn send_plain(&mut self, link: LinkId, text: String) -> bool {
         let Some(l) = self.links.get(&link) else {
-            return;
+            return false;
         };
         match l.tx.try_send(ToPeer::Text(text)) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(%link, "peer does not keep up with its frames; closing it");
-                if let Kind::Charger(c) = &l.kind {
-                    c.kill.notify_one();
+                self.node.metrics.frames_dropped.inc();
+                match &l.kind {
+                    Kind::Charger(c) => {
+                        tracing::warn!(%link, charger = %c.id, "charger does not keep up with its frames; closing it");
+                        c.kill.notify_one();
+                    }
+                    _ => tracing::warn!(%link, "CSMS socket does not keep up; frame not queued"),
                 }
+                false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -1145,6 +1191,7 @@ impl Router {
     async fn on_timer(&mut self, now: Instant) {
         for (key, pending) in self.up.expire(now) {
             // The charger asked and nobody answered in time: tell it, under its own id.
+            self.call_settled(pending.data.link);
             let error = Frame::error(pending.original_id, "GenericError", "timeout");
             tracing::info!(charger = %key.source, "CALL to the CSMS timed out");
             self.send_plain(pending.data.link, error.to_plain_string());

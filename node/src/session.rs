@@ -5,6 +5,7 @@
 //! connection stays up; only a frame over the size limit ends it, with close code 1009.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::Entry;
@@ -38,6 +39,10 @@ pub struct Session {
     limits: Limits,
     /// The router when this node runs the overlay: CALLs go up instead of being answered here.
     router: Option<(RouterTx, LinkId)>,
+    write_timeout: Duration,
+    /// CALLs handed to the router and not yet answered; the router counts them out.
+    pending: Arc<AtomicUsize>,
+    max_pending_calls: usize,
 }
 
 /// A charger that completed its upgrade.
@@ -48,9 +53,16 @@ pub struct Charger {
     pub listener: String,
     pub max_frame_bytes: usize,
     pub remote: std::net::SocketAddr,
+    pub max_pending_calls: usize,
+    /// Zero: never ping.
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
-/// Frames the router may queue toward one charger before it counts as a slow consumer.
+/// Frames the router may queue toward one charger before it counts as a slow consumer. Larger
+/// than the most `max_pending_calls` allows (32), so the answers to a charger's own CALLs can
+/// never fill it by themselves; only a charger that stops reading does.
 const ROUTER_QUEUE: usize = 64;
 
 enum Next {
@@ -70,6 +82,10 @@ where
         listener,
         max_frame_bytes,
         remote,
+        max_pending_calls,
+        ping_interval,
+        pong_timeout,
+        write_timeout,
     } = up;
     let replaced = Arc::new(Notify::new());
     let info = SessionInfo {
@@ -95,6 +111,7 @@ where
     tracing::info!(charger = %charger_id, %version, %remote, "charger connected");
 
     let link = LinkId(conn_id);
+    let pending = Arc::new(AtomicUsize::new(0));
     let (tx, mut from_router) = mpsc::channel(ROUTER_QUEUE);
     let router = match &node.router {
         Some(router) => {
@@ -104,6 +121,7 @@ where
                 version,
                 tx,
                 kill: replaced.clone(),
+                pending: pending.clone(),
             };
             if router.send(up).await.is_err() {
                 return;
@@ -121,21 +139,43 @@ where
             ..Limits::default()
         },
         router,
+        write_timeout,
+        pending,
+        max_pending_calls,
     };
+    // Liveness: any frame from the charger (a pong included) counts; silence for a ping interval
+    // plus the pong timeout ends the session, so a dead peer does not hold its slot for ever.
+    let pinging = !ping_interval.is_zero();
+    let mut ping = tokio::time::interval(if pinging {
+        ping_interval
+    } else {
+        Duration::from_secs(3600)
+    });
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.reset();
+    let mut last_heard = tokio::time::Instant::now();
     let outcome = loop {
         let next = tokio::select! {
-            msg = ws.next() => session.on_message(&mut ws, msg).await,
+            msg = ws.next() => {
+                last_heard = tokio::time::Instant::now();
+                session.on_message(&mut ws, msg).await
+            }
             Some(out) = from_router.recv() => match out {
                 ToPeer::Text(text) => {
                     node.metrics.frames_out.inc();
-                    match ws.send(Message::text(text)).await {
-                        Ok(()) => Next::Continue,
-                        Err(_) => Next::Gone,
-                    }
+                    session.write(&mut ws, Message::text(text)).await
                 }
                 ToPeer::Close(reason) => Next::Close(CloseCode::Policy, reason),
             },
             _ = replaced.notified() => Next::Close(CloseCode::Policy, "closed by the node (replaced by a newer connection, or too slow)".into()),
+            _ = ping.tick(), if pinging => {
+                if last_heard.elapsed() >= ping_interval + pong_timeout {
+                    tracing::info!(charger = %charger_id, "no frame and no pong within the ping interval and pong timeout; closing");
+                    Next::Gone
+                } else {
+                    session.write(&mut ws, Message::Ping(Default::default())).await
+                }
+            }
         };
         match next {
             Next::Continue => {}
@@ -171,10 +211,7 @@ impl Session {
                     return Next::Continue;
                 };
                 self.node.metrics.frames_out.inc();
-                match ws.send(Message::text(reply)).await {
-                    Ok(()) => Next::Continue,
-                    Err(_) => Next::Gone,
-                }
+                self.write(ws, Message::text(reply)).await
             }
             Some(Ok(Message::Binary(_))) => {
                 tracing::warn!(charger = %self.charger_id, "binary frame from a plain charger; closing");
@@ -192,6 +229,23 @@ impl Session {
             }
             Some(Err(e)) => {
                 tracing::info!(charger = %self.charger_id, error = %e, "connection error");
+                Next::Gone
+            }
+        }
+    }
+
+    /// Writes one frame, bounded in time: a charger that stops reading is disconnected instead
+    /// of holding this task, its queue and its buffers.
+    async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        msg: Message,
+    ) -> Next {
+        match tokio::time::timeout(self.write_timeout, ws.send(msg)).await {
+            Ok(Ok(())) => Next::Continue,
+            Ok(Err(_)) => Next::Gone,
+            Err(_) => {
+                tracing::warn!(charger = %self.charger_id, timeout_s = self.write_timeout.as_secs(), "charger does not read its frames; disconnecting");
                 Next::Gone
             }
         }
@@ -272,6 +326,15 @@ impl Session {
             Err((code, why)) => return Some(self.error(id, code, &why)),
         };
         if self.router.is_some() {
+            // Answered here, at the charger's own pace: a charger that fires CALLs without
+            // waiting gets "busy" written back by this task instead of growing the router's
+            // correlation table or the queue of frames toward this charger.
+            if self.pending.load(Ordering::Acquire) >= self.max_pending_calls {
+                self.node.metrics.frames_dropped.inc();
+                tracing::debug!(charger = %self.charger_id, max = self.max_pending_calls, "too many CALLs waiting for an answer; answered busy");
+                return Some(Frame::error(id, "GenericError", "busy").to_plain_string());
+            }
+            self.pending.fetch_add(1, Ordering::AcqRel);
             self.to_router(bytes).await;
             return None;
         }

@@ -83,8 +83,15 @@ BINARY = {
 }
 
 
+# translate: the first byte picks the direction (even: a plain charger frame goes up; odd: an
+# overlay frame comes down to a plain peer), the rest is the frame.
+TRANSLATE = {f"up-{k}": b"\x00" + v.encode() for k, v in PLAIN.items()}
+TRANSLATE.update({f"down-{k}": b"\x01" + v.encode() for k, v in OVERLAY.items()})
+
+
 def main():
-    for target, seeds in [("decode_plain", PLAIN), ("decode_overlay", OVERLAY), ("decode_binary", BINARY)]:
+    for target, seeds in [("decode_plain", PLAIN), ("decode_overlay", OVERLAY), ("decode_binary", BINARY),
+                          ("translate", TRANSLATE)]:
         d = ROOT / target
         d.mkdir(parents=True, exist_ok=True)
         for name, data in seeds.items():

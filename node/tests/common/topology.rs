@@ -551,7 +551,8 @@ pub struct CsmsLog {
 }
 
 /// A plain OCPP-J CSMS: accepts any charger id on `<url>/<id>`, echoes the first OCPP
-/// subprotocol offered, answers every CALL at once with a valid CALLRESULT.
+/// subprotocol offered, answers every CALL at once with a valid CALLRESULT — except for chargers
+/// whose id starts with "MUTE", whose CALLs it records and never answers.
 pub struct Csms {
     /// `ws://127.0.0.1:PORT/csms`: the hub's `csms_url`.
     pub url: String,
@@ -720,6 +721,10 @@ async fn csms_connection(stream: tokio::net::TcpStream, log: Arc<Mutex<CsmsLog>>
                     action: action.to_owned(),
                     payload: payload.clone(),
                 });
+                // A CSMS that never answers, for the chargers named so.
+                if charger.starts_with("MUTE") {
+                    continue;
+                }
                 json!([3, id, csms_answer(action)])
             }
             _ => {
