@@ -1,4 +1,4 @@
-//! The admin HTTP API: `/api/status`, `/api/transactions` and `/metrics`.
+//! The admin HTTP API: `/api/status`, `/api/transactions`, `/api/audit` and `/metrics`.
 //!
 //! It listens on loopback by default. It is read-only; nothing here can change the node.
 
@@ -18,6 +18,7 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     axum::Router::new()
         .route("/api/status", get(status))
         .route("/api/transactions", get(list_transactions))
+        .route("/api/audit", get(audit))
         .route("/metrics", get(metrics))
         .with_state(node)
 }
@@ -94,6 +95,24 @@ async fn list_transactions(State(node): State<Arc<Node>>) -> Response {
         Ok(list) => Json(json!({ "transactions": list })).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// The security event log's head, signed now with the node's key. Collected elsewhere, it pins
+/// every record up to `index`: `ocpp-node audit verify` then catches any later rewrite.
+async fn audit(State(node): State<Arc<Node>>) -> Json<Value> {
+    let head = node.audit.head();
+    let signed = node.audit.signed_head();
+    Json(json!({
+        "nodeId": node.config.node.id,
+        "records": head.records,
+        "index": head.last_index(),
+        "head": crate::audit::hex(&head.hash),
+        "signature": signed.as_ref().map(|s| s.signature.clone()),
+        "signedMessage": signed.as_ref().map(|s| crate::audit::head_message(&s.node_id, s.index, &s.head)),
+        "publicKey": node.audit.public_hex(),
+        "signedAt": signed.as_ref().map(|s| s.signed_at.clone()),
+        "dropped": node.metrics.audit_dropped.get(),
+    }))
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -32,6 +32,8 @@ pub const UPGRADE_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
 pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 /// Bounds of `local_csms.heartbeat_interval_s` (one day at most).
 pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
+/// Bounds of `audit.report_interval_s` (one day at most).
+pub const AUDIT_REPORT_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
 
 /// Passes of the collect-all-errors loop; each pass removes one bad key, so this caps the number
 /// of type errors reported for a hopeless file instead of looping forever.
@@ -60,6 +62,8 @@ pub struct Config {
     pub node_peers: BTreeMap<String, NodePeerConfig>,
     /// Present when this node owns the CSMS side (the hub).
     pub hub: Option<HubConfig>,
+    /// The security event log.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -75,6 +79,7 @@ impl Default for Config {
             uplink: Vec::new(),
             node_peers: BTreeMap::new(),
             hub: None,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -88,6 +93,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Outbound secrets (uplink and CSMS passwords), kept apart from the config (§6.4).
     pub secrets_file: Option<PathBuf>,
+    /// The node's Ed25519 identity key (PKCS#8), which signs the audit log's head. Unset: the
+    /// node generates `<data_dir>/node-identity.pk8` at first start.
+    pub identity_key_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -97,6 +105,22 @@ impl Default for NodeConfig {
             role: Role::LocalController,
             data_dir: PathBuf::from("ocpp-node-data"),
             secrets_file: None,
+            identity_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How often the node signs and logs the head of its security event log.
+    pub report_interval_s: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            report_interval_s: 300,
         }
     }
 }
@@ -932,6 +956,24 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
     if config.node.data_dir.as_os_str().is_empty() {
         err("node.data_dir".into(), "must not be empty".into());
     }
+    // A configured key must already be there: generating one at a path the operator chose would
+    // hide a typo behind a new identity. Only the default path is generated.
+    if let Some(file) = &config.node.identity_key_file
+        && let Err(e) = crate::audit::NodeKey::load(file)
+    {
+        err("node.identity_key_file".into(), e.to_string());
+    }
+    let report = config.audit.report_interval_s;
+    if !AUDIT_REPORT_RANGE.contains(&report) {
+        err(
+            "audit.report_interval_s".into(),
+            format!(
+                "{report} is outside {}..={}",
+                AUDIT_REPORT_RANGE.start(),
+                AUDIT_REPORT_RANGE.end()
+            ),
+        );
+    }
 
     // An empty list after dropping bad entries was already reported by those entries.
     if config.listener.is_empty() && !had_listener_errors {
@@ -1172,6 +1214,8 @@ mod tests {
         assert_eq!(c.auth.unknown_id_tag, AuthStatus::Invalid);
         assert!(c.auth.local_list.is_empty());
         assert!(c.chargers.is_empty());
+        assert_eq!(c.node.identity_key_file, None);
+        assert_eq!(c.audit.report_interval_s, 300);
     }
 
     #[test]
@@ -1686,5 +1730,46 @@ mod tests {
             ]
         );
         assert_eq!(paths("[node]\ndata_dir = \"\"\n"), ["node.data_dir"]);
+        assert_eq!(
+            paths("[audit]\nreport_interval_s = 0\n"),
+            ["audit.report_interval_s"]
+        );
+        assert_eq!(
+            paths("[audit]\nreport_interval_s = 86401\n[audit.extra]\n"),
+            ["audit.extra", "audit.report_interval_s"]
+        );
+        assert!(Config::parse("[audit]\nreport_interval_s = 86400\n").is_ok());
+    }
+
+    #[test]
+    fn identity_key_file_must_be_a_private_ed25519_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pk8");
+        let text = |p: &Path| {
+            format!(
+                "[node]\nidentity_key_file = {:?}\n",
+                p.display().to_string()
+            )
+        };
+        let errs = errors(&text(&missing));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "node.identity_key_file");
+        assert!(errs[0].1.contains("cannot read"), "{errs:?}");
+
+        // A real key, generated the way the node does it, then made readable by others.
+        let (key, _) = crate::audit::NodeKey::load_or_create(None, dir.path()).unwrap();
+        let path = key.path().to_owned();
+        assert!(Config::parse(&text(&path)).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let errs = errors(&text(&path));
+        assert_eq!(errs[0].0, "node.identity_key_file");
+        assert!(errs[0].1.contains("chmod 600"), "{errs:?}");
+
+        let junk = dir.path().join("junk.pk8");
+        std::fs::write(&junk, "not a key").unwrap();
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let errs = errors(&text(&junk));
+        assert!(errs[0].1.contains("not an Ed25519 private key"), "{errs:?}");
     }
 }

@@ -77,6 +77,13 @@ pub async fn run(
                     DialError::Refused { status } => Some(status),
                     _ => None,
                 };
+                // The hub's credentials for this charger refused by the CSMS.
+                if let Some(status @ (401 | 403)) = http_status {
+                    node.security_event(
+                        "csms_auth_failed",
+                        format_args!("the CSMS ({url}) refused the credentials for charger {charger:?} with HTTP {status}"),
+                    );
+                }
                 let event = Event::CsmsRefused {
                     link,
                     http_status,
@@ -89,6 +96,12 @@ pub async fn run(
                 return;
             }
             Err(e) => {
+                if let DialError::Certificate(cert) = &e {
+                    node.security_event(
+                        "csms_certificate_invalid",
+                        format_args!("the CSMS ({url}), dialled for charger {charger:?}: {cert}"),
+                    );
+                }
                 tracing::warn!(charger = %charger, url = %url, "CSMS dial failed: {e}");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}

@@ -53,6 +53,9 @@ pub enum DialError {
         "the server did not grant overlay mode (no {NETWORKING_MODE} echo); is this a node listener with us as a node peer?"
     )]
     NoOverlayEcho,
+    /// The server's TLS certificate did not verify against our trust anchors.
+    #[error("TLS: the server's certificate is invalid: {0}")]
+    Certificate(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
@@ -88,7 +91,12 @@ async fn connect(t: &Target<'_>) -> Result<(WebSocketStream<Stream>, SocketAddr)
             let tls = TlsConnector::from(config.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| failed("TLS", &e))?;
+                .map_err(|e| match crate::tls::rustls_error(&e) {
+                    Some(why @ rustls::Error::InvalidCertificate(_)) => {
+                        DialError::Certificate(why.to_string())
+                    }
+                    _ => failed("TLS", &e),
+                })?;
             Box::new(tls)
         }
         (None, true) => return Err(DialError::Failed("wss:// needs a TLS config".into())),

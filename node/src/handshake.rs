@@ -101,7 +101,7 @@ where
             return None;
         }
     };
-    let (id, kind) = match decide(node, cfg, &req, tls_peer.as_ref()).await {
+    let (id, kind) = match decide(node, cfg, &req, peer, tls_peer.as_ref()).await {
         Ok(ok) => ok,
         Err(refusal) => {
             if matches!(refusal.label, "auth" | "certificate")
@@ -293,6 +293,7 @@ async fn decide(
     node: &Node,
     cfg: &ListenerConfig,
     req: &Request,
+    peer: SocketAddr,
     tls_peer: Option<&PeerIdentity>,
 ) -> Result<(String, Peer), Refusal> {
     if req.method != "GET" {
@@ -327,10 +328,21 @@ async fn decide(
         .chargers
         .get(&id)
         .and_then(|c| c.password_hash.clone());
-    match cfg.security_profile {
-        0 => {}
-        1 | 2 => authenticate(node, &id, hash, req.authorization.as_deref()).await?,
-        _ => check_certificate(cfg, &id, tls_peer)?,
+    let authenticated = match cfg.security_profile {
+        0 => Ok(()),
+        1 | 2 => authenticate(node, &id, hash, req.authorization.as_deref()).await,
+        _ => check_certificate(cfg, &id, tls_peer),
+    };
+    if let Err(refusal) = authenticated {
+        // The reason names the charger and what was wrong, never the password or the header.
+        node.security_event(
+            "auth_failed",
+            format_args!(
+                "charger {id:?} from {peer} on listener {:?}: {}",
+                cfg.name, refusal.reason
+            ),
+        );
+        return Err(refusal);
     }
     Ok((id, Peer::Charger(version)))
 }

@@ -121,7 +121,25 @@ async fn connection(
         }
         Ok(Err(e)) => {
             node.metrics.refused("tls");
-            tracing::warn!(%peer, listener = %cfg.name, "TLS handshake failed: {e}");
+            // A client certificate that does not verify, or none on profile 3, is a failed login;
+            // other handshake failures (scanners, clients that give up) are only logged.
+            match tls::rustls_error(&e) {
+                Some(why @ rustls::Error::InvalidCertificate(_)) => node.security_event(
+                    "certificate_invalid",
+                    format_args!(
+                        "TLS handshake failed: {peer} on listener {:?}: client certificate refused: {why}",
+                        cfg.name
+                    ),
+                ),
+                Some(rustls::Error::NoCertificatesPresented) => node.security_event(
+                    "auth_failed",
+                    format_args!(
+                        "TLS handshake failed: {peer} on listener {:?}: no client certificate",
+                        cfg.name
+                    ),
+                ),
+                _ => tracing::warn!(%peer, listener = %cfg.name, "TLS handshake failed: {e}"),
+            }
         }
         Err(_) => {
             node.metrics.refused("timeout");

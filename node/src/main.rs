@@ -5,6 +5,7 @@
 //! and records transactions in its store file.
 
 mod admin;
+mod audit;
 mod auth;
 mod config;
 mod csms_connector;
@@ -67,7 +68,62 @@ enum Command {
     },
     /// Read a password from stdin and print its salted hash for `[chargers.<id>] password_hash`.
     HashPassword,
+    /// The security event log (a hash chain in the store file).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain: exit 0 with `ok: N records, head <hex>`, or exit 1 with
+    /// `broken at record <i>: <why>` for the first broken record. Run it on a stopped node's
+    /// store, or on a copy: a running node holds the file's lock.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The node's public key (hex, as the node logs it and /api/audit reports it); the stored
+        /// signed head must verify with it.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print every record as one JSON line.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct StoreArg {
+    /// The store file (`<data_dir>/node.redb`).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Or the node's config, whose data_dir holds the store.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl StoreArg {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match (&self.store, &self.config) {
+            (Some(store), _) => Ok(store.clone()),
+            (None, Some(config)) => {
+                let config = Config::load(config).map_err(|errors| {
+                    let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+                    anyhow::anyhow!("{}: invalid config:\n{}", config.display(), list.join("\n"))
+                })?;
+                Ok(config.node.data_dir.join(STORE_FILE))
+            }
+            (None, None) => bail!("give --store FILE or --config FILE"),
+        }
+    }
+}
+
+/// The store's file name inside `node.data_dir`.
+const STORE_FILE: &str = "node.redb";
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -96,7 +152,67 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { store, public_key } => {
+                audit_verify(&store.path()?, public_key.as_deref())
+            }
+            AuditCommand::Show { store } => audit_show(&store.path()?),
+        },
     }
+}
+
+fn audit_verify(path: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<()> {
+    let key = match public_key {
+        Some(hex) => match audit::unhex(hex.trim()) {
+            Some(k) if k.len() == 32 => Some(k),
+            _ => bail!("--public-key must be 64 hex digits (a raw Ed25519 public key)"),
+        },
+        None => None,
+    };
+    let opened = audit::open_store(path)?;
+    if opened.repaired() {
+        eprintln!(
+            "note: {} was not closed cleanly; verifying a repaired temporary copy (the file is not changed)",
+            path.display()
+        );
+    }
+    let verdict = audit::verify(&opened.begin_read()?, key.as_deref())
+        .with_context(|| format!("cannot read the audit log in {}", path.display()))?;
+    // Before any exit: dropping it removes a repaired temporary copy.
+    drop(opened);
+    match verdict {
+        audit::Verdict::Intact {
+            records,
+            head,
+            notes,
+        } => {
+            println!("ok: {records} records, head {}", audit::hex(&head));
+            for note in notes {
+                println!("{note}");
+            }
+            Ok(())
+        }
+        audit::Verdict::Broken { index, why } => {
+            println!("broken at record {index}: {why}");
+            std::process::exit(1);
+        }
+        audit::Verdict::BadSignature(why) => {
+            println!("bad signature: {why}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn audit_show(path: &std::path::Path) -> anyhow::Result<()> {
+    let opened = audit::open_store(path)?;
+    let records = audit::records(&opened.begin_read()?)?;
+    let mut out = std::io::stdout().lock();
+    for bytes in records {
+        // Stored bytes as they are: each record is one line of JSON.
+        out.write_all(&bytes)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
@@ -135,37 +251,68 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             Config::embedded_default()
         }
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(config))
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = &config.node.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let store_path = data_dir.join("node.redb");
+    let store_path = data_dir.join(STORE_FILE);
     let store = store::Store::open(&store_path).with_context(|| {
         format!(
             "cannot open the store {} (is another node using it?)",
             store_path.display()
         )
     })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(serve(config, store.clone()));
+    // Shutting the runtime down drops every task and with them the other store handles; closing
+    // the last one then waits for the writer, so the file is closed cleanly and needs no repair
+    // at the next start or for `audit verify`. A blocking task that outlives the timeout keeps
+    // its handle, and the process then exits without waiting (every acknowledged write is
+    // committed anyway).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    store.close();
+    result
+}
+
+async fn serve(config: Config, store: store::Store) -> anyhow::Result<()> {
+    let data_dir = &config.node.data_dir;
     let secrets = match &config.node.secrets_file {
         Some(path) => secrets::Secrets::load(path)?,
         None => secrets::Secrets::default(),
     };
+    let (key, created) =
+        audit::NodeKey::load_or_create(config.node.identity_key_file.as_deref(), data_dir)?;
+    // The public half only: it is what a verifier of the signed audit head needs.
+    tracing::info!(
+        public_key = %key.public_hex(),
+        file = %key.path().display(),
+        "node identity key {}",
+        if created { "generated" } else { "loaded" }
+    );
+    let metrics = metrics::Metrics::new()?;
+    let options = audit::Options {
+        node_id: config.node.id.clone(),
+        role: config.node.role.as_str(),
+        config_sha256: audit::config_sha256(&config),
+        report_interval: std::time::Duration::from_secs(config.audit.report_interval_s),
+        key_created: created,
+    };
+    let (audit_log, audit_task) = audit::start(store.clone(), Arc::new(key), options, &metrics)
+        .await
+        .context("cannot write the security event log")?;
     let overlay = config.is_overlay();
     let (router_tx, router_rx) = tokio::sync::mpsc::channel(4096);
     let node = Arc::new(Node::new(
         config,
         secrets,
         store,
-        metrics::Metrics::new()?,
+        metrics,
+        audit_log,
         overlay.then_some(router_tx),
     ));
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(audit_task);
     if overlay {
         let router = router::Router::new(node.clone());
         tasks.spawn(async move {
@@ -227,8 +374,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminate() => tracing::info!("terminated; shutting down"),
-        Some(_) = tasks.join_next() => bail!("a listener or the router stopped unexpectedly"),
+        Some(_) = tasks.join_next() => bail!("a listener, the router or the audit log stopped unexpectedly"),
     }
+    // The last records and a signed head that covers them, so the log ends where the node did.
+    node.audit.stop().await;
     Ok(())
 }
 

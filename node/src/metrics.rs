@@ -20,6 +20,9 @@ pub struct Metrics {
     pub frames_forwarded: IntCounter,
     pub frames_dropped: IntCounter,
     security_events: IntCounterVec,
+    /// Security events that never reached the audit log (its queue was full, or a write failed).
+    pub audit_dropped: IntCounter,
+    pub audit_records: IntGauge,
 }
 
 impl Metrics {
@@ -79,6 +82,14 @@ impl Metrics {
                 "Overlay frames dropped or refused (malformed, unreachable, loop, not allowed)",
             )?,
             security_events,
+            audit_dropped: counter(
+                "ocpp_audit_dropped_total",
+                "Security events not written to the audit log (queue full or write failed)",
+            )?,
+            audit_records: gauge(
+                "ocpp_audit_records",
+                "Records in the security event log (hash chain)",
+            )?,
             chargers_connected,
             frames_in: counter(
                 "ocpp_frames_received_total",

@@ -100,26 +100,33 @@ fn redact(e: &toml::de::Error) -> String {
     }
 }
 
-#[cfg(unix)]
 fn check_permissions(path: &Path) -> Result<(), SecretsError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|source| SecretsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(SecretsError::Permissions {
+    match loose_mode(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => Err(SecretsError::Permissions {
             path: path.to_owned(),
             mode,
-        });
+        }),
+        Err(source) => Err(SecretsError::Read {
+            path: path.to_owned(),
+            source,
+        }),
     }
-    Ok(())
+}
+
+/// The permission bits of a file that holds secrets (the secrets file, the node's private key)
+/// when group or others may access it, `None` when only its owner can. Such a file is refused
+/// rather than used: a key anyone on the machine can read signs nothing worth trusting.
+#[cfg(unix)]
+pub fn loose_mode(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
 }
 
 #[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), SecretsError> {
-    Ok(())
+pub fn loose_mode(path: &Path) -> std::io::Result<Option<u32>> {
+    std::fs::metadata(path).map(|_| None)
 }
 
 #[cfg(test)]

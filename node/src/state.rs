@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use wire::OcppVersion;
 
+use crate::audit::AuditLog;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -63,6 +64,8 @@ pub struct Node {
     pub schemas: SchemaRegistry,
     pub store: Store,
     pub metrics: Metrics,
+    /// The security event log; every security event is appended to it.
+    pub audit: AuditLog,
     pub verifier: Verifier,
     pub sessions: DashMap<String, SessionInfo>,
     pub listeners: OnceLock<Vec<ListenerInfo>>,
@@ -76,6 +79,7 @@ impl Node {
         secrets: Secrets,
         store: Store,
         metrics: Metrics,
+        audit: AuditLog,
         router: Option<RouterTx>,
     ) -> Self {
         let mut uplinks: Vec<UplinkStatus> = config
@@ -100,6 +104,7 @@ impl Node {
             schemas: SchemaRegistry::new(),
             store,
             metrics,
+            audit,
             verifier: Verifier::new(),
             sessions: DashMap::new(),
             listeners: OnceLock::new(),
@@ -112,11 +117,14 @@ impl Node {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records a security event: a warning with a greppable `security_event=<kind>` field,
-    /// and a counter.
+    /// Records a security event: a warning with a greppable `security_event=<kind>` field, a
+    /// counter, and a record in the audit log. Never waits: it runs on hot paths, and the audit
+    /// log takes the record through a bounded queue.
     pub fn security_event(&self, kind: &'static str, detail: impl std::fmt::Display) {
         self.metrics.security_event(kind);
+        let detail = detail.to_string();
         tracing::warn!(security_event = %kind, "{detail}");
+        self.audit.record(kind, detail);
     }
 
     /// Updates one uplink's status entry.

@@ -55,9 +55,8 @@ const QUEUE_DEPTH: usize = 4096;
 pub struct Store {
     db: Arc<Database>,
     jobs: mpsc::Sender<Job>,
-    // Only tests reopen a file in-process; the daemon may exit at any point, because every
-    // acknowledged write is already committed.
-    #[cfg_attr(not(test), allow(dead_code))]
+    // Joined by the last handle's `close`, so a stopping node releases the file cleanly. The
+    // daemon may still exit at any point: every acknowledged write is already committed.
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -78,7 +77,6 @@ impl Store {
         })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Finishes every queued write and releases the file. Only the last handle can wait for the
     /// writer; earlier ones just let go of their share.
     pub fn close(self) {

@@ -30,6 +30,11 @@ pub enum TlsError {
     Missing(u8, &'static str),
 }
 
+/// The rustls error inside a failed handshake's `io::Error` (tokio-rustls wraps it), if any.
+pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
 fn file_error(path: &Path, reason: impl ToString) -> TlsError {
     TlsError::File {
         path: path.display().to_string(),

@@ -89,6 +89,24 @@ async fn try_uplink(
         Ok(ok) => ok,
         Err(e) => {
             let why = e.to_string();
+            // This node's own credentials or its hub's certificate refused: security events (the
+            // §8 FailedToAuthenticateAtCentralSystem / InvalidCentralSystemCertificate).
+            match &e {
+                dial::DialError::Refused {
+                    status: status @ (401 | 403),
+                } => node.security_event(
+                    "uplink_auth_failed",
+                    format_args!(
+                        "uplink {:?} ({url}) refused this node with HTTP {status}",
+                        u.name
+                    ),
+                ),
+                dial::DialError::Certificate(cert) => node.security_event(
+                    "uplink_certificate_invalid",
+                    format_args!("uplink {:?} ({url}): {cert}", u.name),
+                ),
+                _ => {}
+            }
             if matches!(e, dial::DialError::NoOverlayEcho) {
                 tracing::error!(uplink = %u.name, url = %url, "{why}");
             } else {

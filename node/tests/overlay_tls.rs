@@ -170,6 +170,12 @@ async fn profile_1_basic_auth_on_the_uplink() {
         Logged::SecurityEvent("overlay_refused"),
     )
     .await;
+    // The refused edge records it too: its own credentials or its hub's certificate refused.
+    assert!(
+        has_security_event(&bad.stderr_log(), "uplink_auth_failed"),
+        "no security_event=uplink_auth_failed on the refused edge{}",
+        diagnostics(&[&bad])
+    );
     for n in [&hub, &good, &bad] {
         let log = n.stderr_log();
         assert!(
@@ -224,6 +230,12 @@ async fn profile_2_tls_server_certificate_and_basic_auth() {
         Logged::Text("TLS handshake failed"),
     )
     .await;
+    // The refused edge records it too: its own credentials or its hub's certificate refused.
+    assert!(
+        has_security_event(&bad.stderr_log(), "uplink_certificate_invalid"),
+        "no security_event=uplink_certificate_invalid on the refused edge{}",
+        diagnostics(&[&bad])
+    );
 }
 
 #[tokio::test]
@@ -265,6 +277,12 @@ async fn profile_3_mutual_tls_client_certificate_names_the_node() {
         Logged::SecurityEvent("overlay_refused"),
     )
     .await;
+    // The refused edge records it too: its own credentials or its hub's certificate refused.
+    assert!(
+        has_security_event(&bad.stderr_log(), "uplink_auth_failed"),
+        "no security_event=uplink_auth_failed on the refused edge{}",
+        diagnostics(&[&bad])
+    );
 }
 
 #[test]
