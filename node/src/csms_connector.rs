@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use routing::LinkId;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use wire::OcppVersion;
 
@@ -66,9 +67,24 @@ pub async fn run(
             timeout: Duration::from_secs(o.connect_timeout_s),
             ws_config: crate::handshake::csms_ws_config(&node),
         };
+        let dialling = dial::dial(&target);
+        tokio::pin!(dialling);
+        let mut stopped = false;
         let dialled = tokio::select! {
-            r = dial::dial(&target) => r,
-            _ = &mut stop => return,
+            r = &mut dialling => r,
+            _ = &mut stop => {
+                // The charger left while its socket was being opened. What it sent before it
+                // left (a CALL right before hanging up is ordinary) still goes to the CSMS if this
+                // dial completes; with nothing queued there is nothing to wait for.
+                if rx.is_empty() {
+                    return;
+                }
+                stopped = true;
+                match tokio::time::timeout(target.timeout, &mut dialling).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
         };
         let mut ws = match dialled {
             Ok((ws, _)) => ws,
@@ -113,6 +129,11 @@ pub async fn run(
         };
         backoff = initial;
         tracing::info!(charger = %charger, version = %version, "CSMS socket open");
+        if stopped {
+            flush_and_close(&mut ws, &mut rx).await;
+            tracing::info!(charger = %charger, "CSMS socket closed: the charger is gone");
+            return;
+        }
         if router.send(Event::CsmsOpen { link }).await.is_err() {
             return;
         }
@@ -141,16 +162,7 @@ pub async fn run(
                     }
                 },
                 _ = &mut stop => {
-                    // What the charger sent before it left still goes to the CSMS: a
-                    // StopTransaction followed by a disconnect is ordinary, and must not be lost.
-                    let flush = async {
-                        while let Ok(ToPeer::Text(text)) = rx.try_recv() {
-                            ws.feed(Message::text(text)).await?;
-                        }
-                        ws.flush().await
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    flush_and_close(&mut ws, &mut rx).await;
                     tracing::info!(charger = %charger, "CSMS socket closed: the charger is gone");
                     return;
                 }
@@ -161,4 +173,20 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// What the charger sent before it left still goes to the CSMS: a StopTransaction followed by a
+/// disconnect is ordinary, and must not be lost. Bounded in time, then the socket is closed.
+async fn flush_and_close<S>(ws: &mut WebSocketStream<S>, rx: &mut mpsc::Receiver<ToPeer>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let flush = async {
+        while let Ok(ToPeer::Text(text)) = rx.try_recv() {
+            ws.feed(Message::text(text)).await?;
+        }
+        ws.flush().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
 }
