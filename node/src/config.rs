@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
@@ -24,17 +25,6 @@ pub const DEFAULT_TOML: &str = include_str!("../default.toml");
 pub const MAX_ID_LEN: usize = 48;
 /// Longest idTag in the local authorization list (OCPP 1.6 IdToken is CiString20, 2.x is 36).
 pub const MAX_ID_TAG_LEN: usize = 36;
-/// Bounds of `listener.max_frame_bytes`.
-pub const FRAME_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
-/// Bounds of `listener.upgrade_timeout_s`.
-pub const UPGRADE_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
-/// Bounds of `listener.max_connections`.
-pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
-/// Bounds of `local_csms.heartbeat_interval_s` (one day at most).
-pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
-/// Bounds of `audit.report_interval_s` (one day at most).
-pub const AUDIT_REPORT_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
-
 /// Passes of the collect-all-errors loop; each pass removes one bad key, so this caps the number
 /// of type errors reported for a hopeless file instead of looping forever.
 const MAX_PASSES: usize = 100;
@@ -781,7 +771,11 @@ fn check_roles(config: &Config, err: &mut impl FnMut(String, String)) {
 }
 
 /// Bounds of the overlay timers: (key, value, range).
-fn overlay_bounds(o: &OverlayConfig) -> [(&'static str, u64, std::ops::RangeInclusive<u64>); 8] {
+/// A numeric key, its value and the range it must lie in. Every bounded number of the config is
+/// listed in one of the tables below and checked by `check_bounds`, so a new key is one line.
+type Bound = (&'static str, u64, RangeInclusive<u64>);
+
+fn overlay_bounds(o: &OverlayConfig) -> [Bound; 8] {
     [
         ("request_timeout_s", o.request_timeout_s, 1..=3600),
         ("announce_ttl_s", o.announce_ttl_s, 3..=86_400),
@@ -792,6 +786,62 @@ fn overlay_bounds(o: &OverlayConfig) -> [(&'static str, u64, std::ops::RangeIncl
         ("hop_limit", o.hop_limit as u64, 1..=16),
         ("csms_grace_s", o.csms_grace_s, 0..=3600),
     ]
+}
+
+fn listener_bounds(l: &ListenerConfig) -> [Bound; 12] {
+    [
+        (
+            "max_frame_bytes",
+            l.max_frame_bytes as u64,
+            1024..=64 * 1024 * 1024,
+        ),
+        ("upgrade_timeout_s", l.upgrade_timeout_s, 1..=300),
+        ("max_connections", l.max_connections as u64, 1..=1_000_000),
+        ("max_pending_calls", l.max_pending_calls as u64, 1..=32),
+        ("ping_interval_s", l.ping_interval_s, 0..=3600),
+        ("pong_timeout_s", l.pong_timeout_s, 1..=600),
+        ("write_timeout_s", l.write_timeout_s, 1..=600),
+        ("ip_connect_rate", l.ip_connect_rate.into(), 1..=100_000),
+        ("ip_connect_burst", l.ip_connect_burst.into(), 1..=1_000_000),
+        (
+            "auth_failures_per_ip",
+            l.auth_failures_per_ip.into(),
+            1..=100_000,
+        ),
+        ("auth_block_s", l.auth_block_s, 1..=86_400),
+        ("auth_block_max_s", l.auth_block_max_s, 1..=86_400),
+    ]
+}
+
+fn top_level_bounds(config: &Config) -> [Bound; 2] {
+    [
+        (
+            "local_csms.heartbeat_interval_s",
+            config.local_csms.heartbeat_interval_s.into(),
+            1..=86_400,
+        ),
+        (
+            "audit.report_interval_s",
+            config.audit.report_interval_s,
+            1..=86_400,
+        ),
+    ]
+}
+
+/// Reports every value outside its range, under `path(key)`.
+fn check_bounds(
+    bounds: impl IntoIterator<Item = Bound>,
+    path: impl Fn(&str) -> String,
+    err: &mut impl FnMut(String, String),
+) {
+    for (key, value, range) in bounds {
+        if !range.contains(&value) {
+            err(
+                path(key),
+                format!("{value} is outside {}..={}", range.start(), range.end()),
+            );
+        }
+    }
 }
 
 /// A `ws://` or `wss://` URL with a host and no query; true for `wss`.
@@ -856,14 +906,11 @@ fn check_client_tls(
 }
 
 fn check_overlay(config: &Config, err: &mut impl FnMut(String, String)) {
-    for (key, value, range) in overlay_bounds(&config.overlay) {
-        if !range.contains(&value) {
-            err(
-                format!("overlay.{key}"),
-                format!("{value} is outside {}..={}", range.start(), range.end()),
-            );
-        }
-    }
+    check_bounds(
+        overlay_bounds(&config.overlay),
+        |k| format!("overlay.{k}"),
+        err,
+    );
     if config.overlay.reconnect_max_ms < config.overlay.reconnect_initial_ms {
         err(
             "overlay.reconnect_max_ms".into(),
@@ -963,17 +1010,7 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
     {
         err("node.identity_key_file".into(), e.to_string());
     }
-    let report = config.audit.report_interval_s;
-    if !AUDIT_REPORT_RANGE.contains(&report) {
-        err(
-            "audit.report_interval_s".into(),
-            format!(
-                "{report} is outside {}..={}",
-                AUDIT_REPORT_RANGE.start(),
-                AUDIT_REPORT_RANGE.end()
-            ),
-        );
-    }
+    check_bounds(top_level_bounds(config), str::to_owned, &mut err);
 
     // An empty list after dropping bad entries was already reported by those entries.
     if config.listener.is_empty() && !had_listener_errors {
@@ -1060,62 +1097,7 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
                 );
             }
         }
-        if !FRAME_BYTES_RANGE.contains(&l.max_frame_bytes) {
-            err(
-                lpath(i, "max_frame_bytes"),
-                format!(
-                    "{} is outside {}..={}",
-                    l.max_frame_bytes,
-                    FRAME_BYTES_RANGE.start(),
-                    FRAME_BYTES_RANGE.end()
-                ),
-            );
-        }
-        if !UPGRADE_TIMEOUT_RANGE.contains(&l.upgrade_timeout_s) {
-            err(
-                lpath(i, "upgrade_timeout_s"),
-                format!(
-                    "{} is outside {}..={}",
-                    l.upgrade_timeout_s,
-                    UPGRADE_TIMEOUT_RANGE.start(),
-                    UPGRADE_TIMEOUT_RANGE.end()
-                ),
-            );
-        }
-        if !MAX_CONNECTIONS_RANGE.contains(&l.max_connections) {
-            err(
-                lpath(i, "max_connections"),
-                format!(
-                    "{} is outside {}..={}",
-                    l.max_connections,
-                    MAX_CONNECTIONS_RANGE.start(),
-                    MAX_CONNECTIONS_RANGE.end()
-                ),
-            );
-        }
-        let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 9] = [
-            ("max_pending_calls", l.max_pending_calls as u64, 1..=32),
-            ("ping_interval_s", l.ping_interval_s, 0..=3600),
-            ("pong_timeout_s", l.pong_timeout_s, 1..=600),
-            ("write_timeout_s", l.write_timeout_s, 1..=600),
-            ("ip_connect_rate", l.ip_connect_rate.into(), 1..=100_000),
-            ("ip_connect_burst", l.ip_connect_burst.into(), 1..=1_000_000),
-            (
-                "auth_failures_per_ip",
-                l.auth_failures_per_ip.into(),
-                1..=100_000,
-            ),
-            ("auth_block_s", l.auth_block_s, 1..=86_400),
-            ("auth_block_max_s", l.auth_block_max_s, 1..=86_400),
-        ];
-        for (key, value, range) in ranges {
-            if !range.contains(&value) {
-                err(
-                    lpath(i, key),
-                    format!("{value} is outside {}..={}", range.start(), range.end()),
-                );
-            }
-        }
+        check_bounds(listener_bounds(l), |k| lpath(i, k), &mut err);
         if l.auth_block_max_s < l.auth_block_s {
             err(
                 lpath(i, "auth_block_max_s"),
@@ -1125,18 +1107,6 @@ fn validate(config: &Config, removed: &Removed, had_listener_errors: bool) -> Ve
                 ),
             );
         }
-    }
-
-    let hb = config.local_csms.heartbeat_interval_s;
-    if !HEARTBEAT_RANGE.contains(&hb) {
-        err(
-            "local_csms.heartbeat_interval_s".into(),
-            format!(
-                "{hb} is outside {}..={}",
-                HEARTBEAT_RANGE.start(),
-                HEARTBEAT_RANGE.end()
-            ),
-        );
     }
 
     for tag in config.auth.local_list.keys() {

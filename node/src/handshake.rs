@@ -104,17 +104,8 @@ where
     let (id, kind) = match decide(node, cfg, &req, peer, tls_peer.as_ref()).await {
         Ok(ok) => ok,
         Err(refusal) => {
-            if matches!(refusal.label, "auth" | "certificate")
-                && let Some(block) = guard.auth_failed(peer.ip(), std::time::Instant::now())
-            {
-                node.security_event(
-                    "ip_blocked",
-                    format_args!(
-                        "{} blocked for {}s after repeated failed authentication",
-                        peer.ip(),
-                        block.as_secs()
-                    ),
-                );
+            if matches!(refusal.label, "auth" | "certificate") {
+                crate::listener::failed_login(node, guard, peer);
             }
             refuse(node, &mut stream, peer, refusal).await;
             return None;

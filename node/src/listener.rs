@@ -124,20 +124,26 @@ async fn connection(
             // A client certificate that does not verify, or none on profile 3, is a failed login;
             // other handshake failures (scanners, clients that give up) are only logged.
             match tls::rustls_error(&e) {
-                Some(why @ rustls::Error::InvalidCertificate(_)) => node.security_event(
-                    "certificate_invalid",
-                    format_args!(
-                        "TLS handshake failed: {peer} on listener {:?}: client certificate refused: {why}",
-                        cfg.name
-                    ),
-                ),
-                Some(rustls::Error::NoCertificatesPresented) => node.security_event(
-                    "auth_failed",
-                    format_args!(
-                        "TLS handshake failed: {peer} on listener {:?}: no client certificate",
-                        cfg.name
-                    ),
-                ),
+                Some(why @ rustls::Error::InvalidCertificate(_)) => {
+                    node.security_event(
+                        "certificate_invalid",
+                        format_args!(
+                            "TLS handshake failed: {peer} on listener {:?}: client certificate refused: {why}",
+                            cfg.name
+                        ),
+                    );
+                    failed_login(&node, guard, peer);
+                }
+                Some(rustls::Error::NoCertificatesPresented) => {
+                    node.security_event(
+                        "auth_failed",
+                        format_args!(
+                            "TLS handshake failed: {peer} on listener {:?}: no client certificate",
+                            cfg.name
+                        ),
+                    );
+                    failed_login(&node, guard, peer);
+                }
                 _ => tracing::warn!(%peer, listener = %cfg.name, "TLS handshake failed: {e}"),
             }
         }
@@ -145,6 +151,21 @@ async fn connection(
             node.metrics.refused("timeout");
             tracing::warn!(%peer, listener = %cfg.name, "TLS handshake not complete within {limit:?}");
         }
+    }
+}
+
+/// Counts a failed login (password, or client certificate) against the peer's address, and
+/// records the block it may start.
+pub fn failed_login(node: &Node, guard: &IpGuard, peer: SocketAddr) {
+    if let Some(block) = guard.auth_failed(peer.ip(), std::time::Instant::now()) {
+        node.security_event(
+            "ip_blocked",
+            format_args!(
+                "{} blocked for {}s after repeated failed authentication",
+                peer.ip(),
+                block.as_secs()
+            ),
+        );
     }
 }
 

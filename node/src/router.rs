@@ -765,7 +765,7 @@ impl Router {
                 if !self.send_plain(link, frame.frame.to_plain_string()) {
                     let error = self
                         .forwarder
-                        .error_to_originator(&frame, "the CSMS socket is busy; retry");
+                        .error_to_originator(&frame, "the CSMS socket cannot take it now; retry");
                     self.deferred.push(Deferred::Local(error.to_text()));
                 }
             }
@@ -968,6 +968,9 @@ impl Router {
     async fn announce(&mut self) {
         self.dirty = false;
         let Some(uplink) = self.uplink else {
+            // Nobody to tell, and the next uplink's first announcement is full: the changes need
+            // not be kept (they would grow with every charger id ever seen on a hub).
+            self.changed.clear();
             return;
         };
         let ann = self.next_announcement(uplink, Instant::now());

@@ -145,6 +145,8 @@ where
     };
     // Liveness: any frame from the charger (a pong included) counts; silence for a ping interval
     // plus the pong timeout ends the session, so a dead peer does not hold its slot for ever.
+    // A frame only sets `heard`; the clock is read at the ping ticks, not per frame, so silence
+    // is measured to the nearest tick.
     let pinging = !ping_interval.is_zero();
     let mut ping = tokio::time::interval(if pinging {
         ping_interval
@@ -154,10 +156,11 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
     let mut last_heard = tokio::time::Instant::now();
+    let mut heard = false;
     let outcome = loop {
         let next = tokio::select! {
             msg = ws.next() => {
-                last_heard = tokio::time::Instant::now();
+                heard = true;
                 session.on_message(&mut ws, msg).await
             }
             Some(out) = from_router.recv() => match out {
@@ -168,8 +171,11 @@ where
                 ToPeer::Close(reason) => Next::Close(CloseCode::Policy, reason),
             },
             _ = replaced.notified() => Next::Close(CloseCode::Policy, "closed by the node (replaced by a newer connection, or too slow)".into()),
-            _ = ping.tick(), if pinging => {
-                if last_heard.elapsed() >= ping_interval + pong_timeout {
+            now = ping.tick(), if pinging => {
+                if std::mem::take(&mut heard) {
+                    last_heard = now;
+                }
+                if now.duration_since(last_heard) >= ping_interval + pong_timeout {
                     tracing::info!(charger = %charger_id, "no frame and no pong within the ping interval and pong timeout; closing");
                     Next::Gone
                 } else {

@@ -12,15 +12,12 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use common::topology::{Csms, metric_sum};
 
@@ -124,7 +121,7 @@ csms_url = "{csms}"
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        peak_rss(self.node.id())
+        common::peak_rss_kib(self.node.id())
     }
 
     fn metrics(&self) -> String {
@@ -167,17 +164,6 @@ csms_url = "{csms}"
     }
 }
 
-fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .expect("VmHWM")
-}
-
 /// A TCP connection to the node from `from`.
 async fn tcp_from(
     to: SocketAddr,
@@ -201,21 +187,8 @@ async fn open(
     recv_buffer: Option<u32>,
 ) -> Result<Ws, u16> {
     let stream = tcp_from(to, from, recv_buffer).await.map_err(|_| 0u16)?;
-    let mut req = format!("ws://{to}/ocpp/{id}")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("ocpp1.6"),
-    );
-    if let Some(pw) = password {
-        let v = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{pw}"))
-        );
-        req.headers_mut()
-            .insert("Authorization", HeaderValue::from_str(&v).expect("header"));
-    }
+    let basic = password.map(|pw| (id, pw));
+    let req = common::upgrade_request(&format!("ws://{to}/ocpp"), id, Some("ocpp1.6"), basic, &[]);
     let handshake = tokio_tungstenite::client_async(req, stream);
     match tokio::time::timeout(Duration::from_secs(10), handshake).await {
         Ok(Ok((ws, _))) => Ok(ws),

@@ -11,8 +11,6 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 type TlsWs = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
@@ -127,20 +125,7 @@ async fn connect(
     let Ok(stream) = TlsConnector::from(tls).connect(name, tcp).await else {
         return (Outcome::Failed, None);
     };
-    let mut req = format!("{url}/{id}").into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("ocpp1.6"),
-    );
-    if let Some(pw) = basic {
-        use base64::Engine as _;
-        let v = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{pw}"))
-        );
-        req.headers_mut()
-            .insert("Authorization", HeaderValue::from_str(&v).unwrap());
-    }
+    let req = common::upgrade_request(url, id, Some("ocpp1.6"), basic.map(|pw| (id, pw)), &[]);
     match tokio_tungstenite::client_async(req, stream).await {
         Ok((ws, _)) => (Outcome::Upgraded, Some(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {

@@ -9,36 +9,15 @@ use std::path::{Path, PathBuf};
 #[path = "../fuzz/src/lib.rs"]
 mod wire_fuzz;
 
+#[path = "../fuzz/src/replay.rs"]
+mod replay;
+
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
 }
 
-/// Every file under `fuzz/<kind>/<target>/`, sorted for a stable order.
-fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
-    let dir = fuzz_dir().join(kind).join(target);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("readable directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-}
-
 fn replay(target: &str, check: fn(&[u8])) {
-    let corpus = inputs("corpus", target);
-    assert!(
-        corpus.len() >= 10,
-        "corpus/{target} has {} files; the seeds are missing",
-        corpus.len()
-    );
-    for path in corpus.iter().chain(&inputs("artifacts", target)) {
-        let data = fs::read(path).expect("readable corpus file");
-        let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(outcome.is_ok(), "{target} fails on {}", path.display());
-    }
+    replay::replay(&fuzz_dir(), target, check);
 }
 
 #[test]

@@ -88,18 +88,22 @@ impl NodeProc {
 
     /// Peak resident memory of the node process, in KiB (Linux VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM")
+        peak_rss_kib(self.child.id())
     }
 
     pub fn stderr_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
+}
+
+/// Peak resident memory of process `pid`, in KiB (Linux VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
 }
 
 fn config_text(dir: &Path, listener_extra: &str, extra: &str) -> String {
@@ -203,6 +207,25 @@ pub async fn connect_with(
     basic: Option<(&str, &str)>,
     headers: &[(&'static str, &str)],
 ) -> Result<Ws, u16> {
+    match tokio_tungstenite::connect_async(upgrade_request(url, id, protocols, basic, headers))
+        .await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        // No HTTP answer at all (reset, closed): status 0.
+        Err(_) => Err(0),
+    }
+}
+
+/// The upgrade request of a charger (or node) `id` at `<url>/<id>`: the subprotocol(s) offered,
+/// Basic credentials `(user, password)` and any further headers.
+pub fn upgrade_request(
+    url: &str,
+    id: &str,
+    protocols: Option<&str>,
+    basic: Option<(&str, &str)>,
+    headers: &[(&'static str, &str)],
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = format!("{url}/{id}")
         .into_client_request()
         .expect("request");
@@ -224,12 +247,7 @@ pub async fn connect_with(
         req.headers_mut()
             .insert(*k, HeaderValue::from_str(v).expect("header"));
     }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
-        // No HTTP answer at all (reset, closed): status 0.
-        Err(_) => Err(0),
-    }
+    req
 }
 
 /// Sends one text frame and returns the next text frame received, parsed.

@@ -19,12 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -952,25 +950,8 @@ pub async fn overlay_connect(
     protocol: Option<&str>,
     password: Option<&str>,
 ) -> Result<Ws, u16> {
-    let mut req = format!("{url}/{id}")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .insert(OVERLAY_HEADER, HeaderValue::from_static(OVERLAY_MODE));
-    if let Some(p) = protocol {
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_str(p).expect("header"),
-        );
-    }
-    if let Some(pw) = password {
-        let v = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{pw}"))
-        );
-        req.headers_mut()
-            .insert("Authorization", HeaderValue::from_str(&v).expect("header"));
-    }
+    let basic = password.map(|pw| (id, pw));
+    let req = super::upgrade_request(url, id, protocol, basic, &[(OVERLAY_HEADER, OVERLAY_MODE)]);
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, resp)) => {
             let echoed = resp
