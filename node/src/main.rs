@@ -4,29 +4,6 @@
 //! chargers connect to it as to a central system, and it answers, authorizes from its local list
 //! and records transactions in its store file.
 
-mod admin;
-mod audit;
-mod auth;
-mod config;
-mod csms_connector;
-mod dial;
-mod handshake;
-mod ip_guard;
-mod listener;
-mod local_csms;
-mod metrics;
-mod overlay_link;
-mod router;
-mod schema;
-mod secrets;
-mod session;
-mod state;
-mod status;
-mod store;
-mod tls;
-mod transactions;
-mod uplink;
-
 use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,8 +11,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
-use crate::state::Node;
+use ocpp_node::config::Config;
+use ocpp_node::state::Node;
+use ocpp_node::{admin, audit, auth, listener, metrics, router, secrets, status, store, uplink};
 
 #[derive(Parser)]
 #[command(
