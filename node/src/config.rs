@@ -54,6 +54,8 @@ pub struct Config {
     pub hub: Option<HubConfig>,
     /// The security event log.
     pub audit: AuditConfig,
+    /// The durable queue of transaction messages (edge role).
+    pub outbox: OutboxConfig,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             node_peers: BTreeMap::new(),
             hub: None,
             audit: AuditConfig::default(),
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -111,6 +114,34 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             report_interval_s: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Messages the queue may hold over all chargers; beyond it a transaction message is refused.
+    pub max_messages: u64,
+    /// CALLERRORs from the CSMS after which a replayed message moves to the dead letters
+    /// (OCPP's TransactionMessageAttempts).
+    pub message_attempts: u64,
+    /// Wait before a message is resent after a CALLERROR or an unanswered attempt.
+    pub retry_interval_s: u64,
+    /// Heartbeat interval of a BootNotification answered while the uplink is down.
+    pub offline_interval_s: u64,
+    /// How long delivered messages are remembered for recognising a charger's re-send.
+    pub dedup_retention_s: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_messages: 100_000,
+            message_attempts: 3,
+            retry_interval_s: 5,
+            offline_interval_s: 60,
+            dedup_retention_s: 7 * 86_400,
         }
     }
 }
@@ -813,8 +844,22 @@ fn listener_bounds(l: &ListenerConfig) -> [Bound; 12] {
     ]
 }
 
-fn top_level_bounds(config: &Config) -> [Bound; 2] {
+fn top_level_bounds(config: &Config) -> [Bound; 7] {
+    let o = &config.outbox;
     [
+        ("outbox.max_messages", o.max_messages, 1..=10_000_000),
+        ("outbox.message_attempts", o.message_attempts, 1..=100),
+        ("outbox.retry_interval_s", o.retry_interval_s, 1..=3_600),
+        (
+            "outbox.offline_interval_s",
+            o.offline_interval_s,
+            1..=86_400,
+        ),
+        (
+            "outbox.dedup_retention_s",
+            o.dedup_retention_s,
+            60..=31_536_000,
+        ),
         (
             "local_csms.heartbeat_interval_s",
             config.local_csms.heartbeat_interval_s.into(),

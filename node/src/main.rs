@@ -13,7 +13,9 @@ use clap::{Parser, Subcommand};
 
 use ocpp_node::config::Config;
 use ocpp_node::state::Node;
-use ocpp_node::{admin, audit, auth, listener, metrics, router, secrets, status, store, uplink};
+use ocpp_node::{
+    admin, audit, auth, journal, listener, metrics, router, secrets, status, store, uplink,
+};
 
 #[derive(Parser)]
 #[command(
@@ -292,7 +294,15 @@ async fn serve(config: Config, store: store::Store) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(audit_task);
     if overlay {
-        let router = router::Router::new(node.clone());
+        let mut router = router::Router::new(node.clone());
+        if node.keeps_outbox() {
+            let loaded = node
+                .store
+                .read(journal::load)
+                .await
+                .context("cannot read the durable outbound queue from the store")?;
+            router.load_outbox(loaded);
+        }
         tasks.spawn(async move {
             router.run(router_rx).await;
             tracing::error!("router stopped");

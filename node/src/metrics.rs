@@ -23,6 +23,11 @@ pub struct Metrics {
     /// Security events that never reached the audit log (its queue was full, or a write failed).
     pub audit_dropped: IntCounter,
     pub audit_records: IntGauge,
+    /// Edge: transaction messages in the durable queue, not yet answered by the CSMS.
+    pub outbox_queued: IntGauge,
+    pub outbox_dead_letters: IntGauge,
+    /// Edge: charger CALLs the edge answered itself (uplink down, or a queue backlog).
+    pub outbox_local_answers: IntCounter,
 }
 
 impl Metrics {
@@ -89,6 +94,18 @@ impl Metrics {
             audit_records: gauge(
                 "ocpp_audit_records",
                 "Records in the security event log (hash chain)",
+            )?,
+            outbox_queued: gauge(
+                "ocpp_outbox_queued",
+                "Transaction messages in the durable queue, not yet answered by the CSMS",
+            )?,
+            outbox_dead_letters: gauge(
+                "ocpp_outbox_dead_letters",
+                "Queued messages given up after the configured CSMS CALLERRORs",
+            )?,
+            outbox_local_answers: counter(
+                "ocpp_outbox_local_answers_total",
+                "Charger CALLs the edge answered itself (uplink down, or a queue backlog)",
             )?,
             chargers_connected,
             frames_in: counter(

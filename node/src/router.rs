@@ -25,6 +25,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use wire::text::{Body, Frame, OverlayFrame, decode_overlay, decode_plain};
 use wire::{Limits, MessageType, OcppVersion, Route};
 
+use crate::journal::{self, Appended};
+use crate::outbox::{self, Class, SendState, Settling, Waiter};
+use crate::response_cache::{ResponseCache, Verdict};
 use crate::state::Node;
 
 /// Most CSMS CALLs queued toward one charger behind the one outstanding (§6.1).
@@ -103,6 +106,19 @@ pub enum Event {
     },
     /// The admin API asks for the routing state.
     Snapshot(oneshot::Sender<Value>),
+    /// Edge: a charger's CALL is in the durable queue (or was found there: a re-send).
+    Journaled {
+        link: LinkId,
+        /// The charger's message id, for the answer.
+        id: String,
+        appended: Appended,
+    },
+    /// Edge: the store has committed (or failed to commit) a queued message's settling.
+    OutboxSettled {
+        charger: String,
+        seq: u64,
+        committed: bool,
+    },
 }
 
 pub type RouterTx = mpsc::Sender<Event>;
@@ -182,6 +198,15 @@ enum Deferred {
 /// A charger's CALL waiting for the CSMS's answer (edge side).
 struct UpCall {
     link: LinkId,
+    /// What the answer tells the edge for when the uplink is down.
+    note: Note,
+}
+
+/// Answers the edge learns from (§6.3: offline Authorize, offline boot).
+enum Note {
+    None,
+    Authorize(String),
+    Boot,
 }
 
 /// A CSMS CALL waiting for a charger's answer (edge side), or for the charger's edge (hub side).
@@ -219,6 +244,16 @@ pub struct Router {
     next_housekeeping: Instant,
     ids: IdGen,
     next_refresh: Option<Instant>,
+    /// Edge: the durable outbound queue's memory (None where the node owns the CSMS side).
+    edge: Option<outbox::Edge>,
+    /// Hub: answers to transaction messages, so that replays are not sent twice.
+    responses: ResponseCache,
+    /// Plain chargers on this node by id.
+    charger_links: HashMap<String, LinkId>,
+    /// Chargers whose queue may move now (their link or the uplink came up).
+    to_pump: Vec<String>,
+    pump_all: bool,
+    next_prune: Instant,
 }
 
 impl Router {
@@ -256,7 +291,36 @@ impl Router {
             next_housekeeping: Instant::now() + HOUSEKEEPING,
             ids: IdGen::new(),
             next_refresh: None,
+            edge: (node.config.hub.is_none()).then(outbox::Edge::default),
+            responses: ResponseCache::new(Duration::from_secs(
+                (o.csms_grace_s.max(o.request_timeout_s) * 2).max(60),
+            )),
+            charger_links: HashMap::new(),
+            to_pump: Vec::new(),
+            pump_all: false,
+            next_prune: Instant::now(),
             node,
+        }
+    }
+
+    /// Edge: takes over the queue the store kept across a restart.
+    pub fn load_outbox(&mut self, loaded: journal::Loaded) {
+        if let Some(edge) = &mut self.edge {
+            if !loaded.entries.is_empty() {
+                tracing::info!(
+                    messages = loaded.entries.len(),
+                    "transaction messages from before the restart are queued for the CSMS"
+                );
+            }
+            self.node
+                .metrics
+                .outbox_dead_letters
+                .set(loaded.dead_letters as i64);
+            edge.load(loaded);
+            self.node
+                .metrics
+                .outbox_queued
+                .set(edge.queues.len() as i64);
         }
     }
 
@@ -335,7 +399,13 @@ impl Router {
             Event::LinkDown { link } => self.link_down(link, now),
             Event::FromLink { link, text } => self.on_link_frame(link, &text, now).await,
             Event::CsmsOpen { link } => self.set_csms_state(link, CsmsState::Open),
-            Event::CsmsClosed { link } => self.set_csms_state(link, CsmsState::Connecting),
+            Event::CsmsClosed { link } => {
+                if let Some(c) = self.csms_link(link) {
+                    let charger = c.charger.clone();
+                    self.responses.csms_closed(&charger);
+                }
+                self.set_csms_state(link, CsmsState::Connecting)
+            }
             Event::CsmsRefused {
                 link,
                 http_status,
@@ -345,6 +415,25 @@ impl Router {
             Event::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot(now));
             }
+            Event::Journaled { link, id, appended } => {
+                self.outbox_journaled(link, id, appended, now)
+            }
+            Event::OutboxSettled {
+                charger,
+                seq,
+                committed,
+            } => self.outbox_settled(&charger, seq, committed, now),
+        }
+        if std::mem::take(&mut self.pump_all) {
+            let chargers: Vec<String> = self
+                .edge
+                .as_ref()
+                .map(|e| e.queues.chargers().cloned().collect())
+                .unwrap_or_default();
+            self.to_pump.extend(chargers);
+        }
+        while let Some(charger) = self.to_pump.pop() {
+            self.outbox_pump(&charger, now).await;
         }
     }
 
@@ -386,6 +475,8 @@ impl Router {
         }
         self.changed.insert(charger.clone());
         self.grace.remove(&charger);
+        self.charger_links.insert(charger.clone(), link);
+        self.to_pump.push(charger.clone());
         self.links.insert(
             link,
             Link {
@@ -425,6 +516,10 @@ impl Router {
             // At most one uplink is up (the dialer guarantees it); it is the default route.
             self.uplink = Some(link);
             self.table.set_default(Some(link));
+            self.node
+                .uplink_up
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.pump_all = true;
             self.announcer.link_up(link);
             self.dirty = true;
             self.schedule_refresh(Instant::now());
@@ -462,6 +557,10 @@ impl Router {
                     self.uplink = None;
                     self.table.set_default(None);
                     self.next_refresh = None;
+                    self.node
+                        .uplink_up
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    self.outbox_uplink_lost();
                 }
                 self.announcer.link_down(link);
                 tracing::info!(%link, peer = %o.peer, "overlay link down");
@@ -475,6 +574,12 @@ impl Router {
                 }
             }
             Kind::Charger(c) => {
+                if self.charger_links.get(&c.id) == Some(&link) {
+                    self.charger_links.remove(&c.id);
+                }
+                if let Some(edge) = &mut self.edge {
+                    edge.queues.forget_waiters(link);
+                }
                 if self.forwarder.owns_csms() {
                     for id in &removed.unreachable {
                         self.close_csms(id);
@@ -536,12 +641,34 @@ impl Router {
         };
         let overlay = match frame.message_type() {
             MessageType::Call => {
+                let action = frame.action().unwrap_or_default().to_owned();
+                let payload: &str = frame.payload().map_or("{}", |p| p.get());
                 if self.uplink.is_none() && !self.forwarder.owns_csms() {
                     self.call_settled(link);
-                    let error = Frame::error(frame.id, "GenericError", "uplink unavailable");
-                    self.send_plain(link, error.to_plain_string());
+                    let version = self.charger(link).map_or(OcppVersion::V16, |c| c.version);
+                    let reply = if outbox::class(version, &action) == Class::OfflineLocal {
+                        self.node.metrics.outbox_local_answers.inc();
+                        let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+                        let answer = self.local_answer(&charger, version, &action, &payload, None);
+                        match serde_json::value::to_raw_value(&answer) {
+                            Ok(raw) => Frame::result(frame.id.clone(), &raw).to_plain_string(),
+                            Err(_) => return,
+                        }
+                    } else {
+                        Frame::error(frame.id, "GenericError", "uplink unavailable")
+                            .to_plain_string()
+                    };
+                    self.send_plain(link, reply);
                     return;
                 }
+                let note = match action.as_str() {
+                    "BootNotification" if self.edge.is_some() => Note::Boot,
+                    "Authorize" if self.edge.is_some() => serde_json::from_str(payload)
+                        .ok()
+                        .and_then(|p: Value| outbox::authorize_tag(&p))
+                        .map_or(Note::None, Note::Authorize),
+                    _ => Note::None,
+                };
                 let upstream = self.ids.next();
                 let deadline = now + self.request_timeout;
                 match correlation::plain_call_to_overlay(
@@ -550,7 +677,7 @@ impl Router {
                     frame,
                     upstream,
                     deadline,
-                    UpCall { link },
+                    UpCall { link, note },
                 ) {
                     Ok(f) => f,
                     Err(e) => {
@@ -608,6 +735,9 @@ impl Router {
             }
             return self.apply_announcement(link, &peer, &allow, payload.get(), now);
         }
+        if self.is_outbox_reply(&frame) {
+            return self.outbox_reply(frame, now);
+        }
         let allow = o.allow.clone();
         self.route(
             Ingress::Node {
@@ -645,6 +775,9 @@ impl Router {
         };
         let is_call = frame.message_type() == MessageType::Call;
         let id = frame.id.clone().into_owned();
+        if !is_call && !self.responses.is_empty() {
+            self.responses.on_reply(&charger, &id, text, now);
+        }
         let overlay = OverlayFrame {
             dest: Route::single(charger.clone()),
             path: Route::single(routing::CSMS),
@@ -760,8 +893,37 @@ impl Router {
             entry.path = Some(ids.iter().map(|c| c.to_string()).collect());
         }
         let link = entry.link;
+        let version = entry.version;
         match frame.frame.message_type() {
             MessageType::Call => {
+                if frame
+                    .frame
+                    .action()
+                    .is_some_and(|a| outbox::class(version, a) == Class::Journal)
+                {
+                    match self
+                        .responses
+                        .on_call(&charger, &frame.frame.id, Instant::now())
+                    {
+                        Verdict::Forward => {}
+                        Verdict::InFlight => {
+                            tracing::debug!(charger = %charger, id = %frame.frame.id, "replay of a message the CSMS is answering; dropped");
+                            return;
+                        }
+                        Verdict::Answered(reply) => {
+                            tracing::debug!(charger = %charger, id = %frame.frame.id, "replay answered from the response cache");
+                            if let Ok(plain) = decode_plain(&reply, &self.limits) {
+                                let overlay = OverlayFrame {
+                                    dest: Route::single(charger.clone()),
+                                    path: Route::single(routing::CSMS),
+                                    frame: plain,
+                                };
+                                self.deferred.push(Deferred::Plain(link, overlay.to_text()));
+                            }
+                            return;
+                        }
+                    }
+                }
                 if !self.send_plain(link, frame.frame.to_plain_string()) {
                     let error = self
                         .forwarder
@@ -801,6 +963,7 @@ impl Router {
                         let deadline = Instant::now() + self.request_timeout;
                         let reply_to = frame.path.first().to_owned();
                         let id = frame.frame.id.clone().into_owned();
+                        let charger = c.id.clone();
                         match correlation::overlay_call_to_plain(
                             &mut self.down,
                             frame,
@@ -808,7 +971,10 @@ impl Router {
                             DownCall { link },
                         ) {
                             Ok(plain) => {
-                                self.call_charger(link, id, plain.to_plain_string(), &reply_to)
+                                let text = self
+                                    .rewrite_down(&charger, version, &plain)
+                                    .unwrap_or_else(|| plain.to_plain_string());
+                                self.call_charger(link, id, text, &reply_to)
                             }
                             Err(e) => {
                                 tracing::warn!(%link, error = %e, "CALL toward a charger not delivered")
@@ -826,6 +992,12 @@ impl Router {
                     _ => match correlation::overlay_reply_to_plain(&mut self.up, frame) {
                         Ok((plain, pending)) => {
                             self.call_settled(pending.data.link);
+                            if let (Some(answer), Some(c)) =
+                                (plain.payload(), self.charger(pending.data.link))
+                            {
+                                let charger = c.id.clone();
+                                self.learn(&charger, &pending.data.note, answer.get());
+                            }
                             if !plain.message_type().allowed_in(version) {
                                 return;
                             }
@@ -1218,6 +1390,8 @@ impl Router {
             return;
         }
         self.next_housekeeping = now + HOUSEKEEPING;
+        self.responses.expire(now);
+        self.outbox_tick(now).await;
         let expired = self.table.expire(now);
         self.changed
             .extend(expired.entries.iter().map(|e| e.dest.clone()));
@@ -1317,6 +1491,515 @@ impl Router {
         json!({"routes": routes, "overlayLinks": links, "csmsConnections": csms})
     }
 }
+
+/// The edge's durable queue (ARCHITECTURE §6.3), driven by the router: the session journals a
+/// message before the router sees it, the router sends one message per charger at a time,
+/// and a message leaves the queue only once the store has committed its answer.
+impl Router {
+    /// The authorization status the edge answers for `tag` on its own: the local list first,
+    /// then what the CSMS said recently, then the configured default.
+    fn auth_status(&self, tag: &str) -> String {
+        let auth = &self.node.config.auth;
+        if let Some(status) = auth.local_list.get(tag) {
+            return status.as_str().to_owned();
+        }
+        self.edge
+            .as_ref()
+            .and_then(|e| e.auth.get(tag))
+            .map_or_else(|| auth.unknown_id_tag.as_str().to_owned(), str::to_owned)
+    }
+
+    fn local_answer(
+        &self,
+        charger: &str,
+        version: OcppVersion,
+        action: &str,
+        payload: &Value,
+        local_tx: Option<i64>,
+    ) -> Value {
+        let auth = |tag: &str| self.auth_status(tag);
+        let cx = outbox::LocalContext {
+            now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            offline_interval_s: self.node.config.outbox.offline_interval_s,
+            boot_status: self
+                .edge
+                .as_ref()
+                .and_then(|e| e.boot.get(charger))
+                .map(String::as_str),
+            local_tx,
+            auth: &auth,
+        };
+        outbox::local_answer(version, action, payload, &cx)
+    }
+
+    /// What a relayed answer teaches the edge for when the uplink is down.
+    fn learn(&mut self, charger: &str, note: &Note, answer: &str) {
+        let Some(edge) = &mut self.edge else {
+            return;
+        };
+        match note {
+            Note::None => {}
+            Note::Authorize(tag) => {
+                if let Some(status) = outbox::authorize_status(answer) {
+                    edge.auth.insert(tag.clone(), status);
+                }
+            }
+            Note::Boot => {
+                if let Some(status) = outbox::boot_status(answer) {
+                    self.remember_boot(charger, status);
+                }
+            }
+        }
+    }
+
+    fn remember_boot(&mut self, charger: &str, status: String) {
+        let Some(edge) = &mut self.edge else {
+            return;
+        };
+        if edge.boot.get(charger) == Some(&status) {
+            return;
+        }
+        edge.boot.insert(charger.to_owned(), status.clone());
+        let (store, charger) = (self.node.store.clone(), charger.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .write(move |w| journal::set_boot_status(w, &charger, &status))
+                .await
+            {
+                tracing::warn!(error = %e, "could not keep the CSMS's boot status");
+            }
+        });
+    }
+
+    /// A CSMS CALL for a 1.6 charger that knows the transaction under its local id.
+    fn rewrite_down(
+        &self,
+        charger: &str,
+        version: OcppVersion,
+        plain: &Frame<'_>,
+    ) -> Option<String> {
+        if !version.is_v16() {
+            return None;
+        }
+        let edge = self.edge.as_ref()?;
+        let (action, payload) = (plain.action()?, plain.payload()?);
+        let rewritten = edge.tx_ids.rewrite_down(charger, action, payload.get())?;
+        let raw = serde_json::value::RawValue::from_string(rewritten).ok()?;
+        let frame = Frame {
+            id: plain.id.clone(),
+            body: Body::Call {
+                action: action.into(),
+                payload: wire::Json::new(&raw),
+            },
+        };
+        Some(frame.to_plain_string())
+    }
+
+    /// Answers a charger's CALL for a queued message on the edge's own authority: the message
+    /// is on disk, so the charger may forget it.
+    fn answer_locally(&mut self, waiter: &Waiter, entry: &journal::Entry) {
+        let version = entry.version.parse().unwrap_or(OcppVersion::V16);
+        let payload: Value = serde_json::from_str(&entry.payload).unwrap_or(Value::Null);
+        let answer = self.local_answer(
+            &entry.charger,
+            version,
+            &entry.action,
+            &payload,
+            entry.local_tx,
+        );
+        if let Some(q) = self
+            .edge
+            .as_mut()
+            .and_then(|e| e.queues.get_mut(&entry.charger, entry.seq))
+        {
+            q.answered_locally = true;
+        }
+        self.node.metrics.outbox_local_answers.inc();
+        self.call_settled(waiter.link);
+        if let Ok(raw) = serde_json::value::to_raw_value(&answer) {
+            let text = Frame::result(waiter.id.as_str(), &raw).to_plain_string();
+            self.send_plain(waiter.link, text);
+        }
+    }
+
+    /// A charger's CALL is in the store: send it now if it is next and the uplink is up (the
+    /// charger then gets the CSMS's own answer), else answer it here.
+    fn outbox_journaled(&mut self, link: LinkId, id: String, appended: Appended, now: Instant) {
+        let waiter = Waiter { link, id };
+        let Some(edge) = &mut self.edge else {
+            return;
+        };
+        let entry = match appended {
+            Appended::New { entry, replaced } => {
+                if let Some(old) = replaced {
+                    edge.queues.remove_idle(&entry.charger, old);
+                }
+                edge.queues.push(entry.clone());
+                self.node
+                    .metrics
+                    .outbox_queued
+                    .set(edge.queues.len() as i64);
+                entry
+            }
+            Appended::Queued(entry) => entry,
+            // The session answers these itself.
+            Appended::Done(_) | Appended::Full => return,
+        };
+        let uplink = self.uplink.is_some();
+        let head = edge.queues.head_mut(&entry.charger);
+        match head {
+            Some(q) if q.entry.seq == entry.seq => match q.state {
+                SendState::Idle if uplink && q.retry_at.is_none_or(|t| t <= now) => {
+                    q.waiter = Some(waiter);
+                    self.to_pump.push(entry.charger.clone());
+                }
+                SendState::InFlight { .. } | SendState::Settling => {
+                    // A re-send of the message on its way: the charger gets the CSMS's answer.
+                    let old = q.waiter.replace(waiter);
+                    if let Some(old) = old {
+                        self.call_settled(old.link);
+                    }
+                }
+                SendState::Idle => self.answer_locally(&waiter, &entry),
+            },
+            _ => self.answer_locally(&waiter, &entry),
+        }
+    }
+
+    /// Sends the charger's next queued message, if it may go now.
+    async fn outbox_pump(&mut self, charger: &str, now: Instant) {
+        if self.uplink.is_none() {
+            return;
+        }
+        let Some(&link) = self.charger_links.get(charger) else {
+            // Replays wait for the charger: the hub has its CSMS socket only while it is here.
+            return;
+        };
+        let Some(edge) = &mut self.edge else {
+            return;
+        };
+        let Some(q) = edge.queues.head_mut(charger) else {
+            return;
+        };
+        if q.state != SendState::Idle || q.retry_at.is_some_and(|t| t > now) {
+            return;
+        }
+        q.retry_at = None;
+        let entry = q.entry.clone();
+        let payload = if entry.version == OcppVersion::V16.subprotocol() {
+            edge.tx_ids
+                .rewrite_up(charger, &entry.action, &entry.payload)
+                .unwrap_or_else(|| entry.payload.clone())
+        } else {
+            entry.payload.clone()
+        };
+        if entry.payload.contains("\"transactionId\":-") && payload == entry.payload {
+            tracing::warn!(charger, action = %entry.action, "a local transaction id has no CSMS id; sent as it is");
+        }
+        let Ok(raw) = serde_json::value::RawValue::from_string(payload) else {
+            return;
+        };
+        let frame = OverlayFrame {
+            dest: Route::single(routing::CSMS),
+            path: Route::single(charger.to_owned()),
+            frame: Frame {
+                id: entry.upstream_id.as_str().into(),
+                body: Body::Call {
+                    action: entry.action.as_str().into(),
+                    payload: wire::Json::new(&raw),
+                },
+            },
+        };
+        let _ = link;
+        let sent = self.route(Ingress::Local, frame, now).await;
+        let retry = Duration::from_secs(self.node.config.outbox.retry_interval_s);
+        if let Some(q) = self
+            .edge
+            .as_mut()
+            .and_then(|e| e.queues.head_mut(charger))
+            .filter(|q| q.entry.seq == entry.seq)
+        {
+            if sent {
+                q.state = SendState::InFlight {
+                    deadline: now + self.request_timeout,
+                };
+            } else {
+                q.retry_at = Some(now + retry);
+            }
+        }
+    }
+
+    fn is_outbox_reply(&self, frame: &OverlayFrame<'_>) -> bool {
+        let Some(edge) = &self.edge else {
+            return false;
+        };
+        if edge.queues.is_empty()
+            || frame.dest.len() != 1
+            || !matches!(
+                frame.frame.message_type(),
+                MessageType::CallResult | MessageType::CallError | MessageType::CallResultError
+            )
+        {
+            return false;
+        }
+        edge.queues.head(frame.dest.first()).is_some_and(|q| {
+            q.entry.upstream_id == frame.frame.id && q.state != SendState::Settling
+        })
+    }
+
+    /// The answer to a queued message (late ones included: a timed-out message that is
+    /// answered after all needs no resend).
+    fn outbox_reply(&mut self, frame: OverlayFrame<'_>, now: Instant) {
+        let charger = frame.dest.first().to_owned();
+        let from_csms = frame.path.first() == routing::CSMS;
+        let attempts_max = self.node.config.outbox.message_attempts;
+        let retry = Duration::from_secs(self.node.config.outbox.retry_interval_s);
+        let Some(q) = self.edge.as_mut().and_then(|e| e.queues.head_mut(&charger)) else {
+            return;
+        };
+        let how = match &frame.frame.body {
+            Body::CallResult { payload } => Settling::Answered(payload.get().to_owned()),
+            Body::CallError(e) | Body::CallResultError(e) if from_csms => {
+                if let Some(w) = &q.waiter {
+                    // Online, the charger sees what the CSMS said and keeps its own retries.
+                    let error = Frame {
+                        id: w.id.as_str().into(),
+                        body: frame.frame.body.clone(),
+                    };
+                    Settling::Refused(error.to_plain_string())
+                } else {
+                    q.attempts += 1;
+                    let why = format!("{}: {}", e.code, e.description);
+                    if q.attempts >= attempts_max {
+                        Settling::Dead(why)
+                    } else {
+                        tracing::info!(charger = %charger, action = %q.entry.action, attempt = q.attempts, error = %why, "the CSMS refused a replayed message; retrying");
+                        q.state = SendState::Idle;
+                        q.retry_at = Some(now + retry);
+                        return;
+                    }
+                }
+            }
+            // A node on the way could not deliver it: not the CSMS's verdict, so no attempt is
+            // counted. The charger, if waiting, is answered: the message is on disk.
+            _ => {
+                tracing::info!(charger = %charger, "queued message not delivered on this try; it is sent again");
+                q.state = SendState::Idle;
+                q.retry_at = Some(now + retry);
+                let waiter = q.waiter.take();
+                let entry = q.entry.clone();
+                if let Some(w) = waiter {
+                    self.answer_locally(&w, &entry);
+                }
+                return;
+            }
+        };
+        self.outbox_settle(&charger, how);
+    }
+
+    /// Commits a queued message's end in the store; `outbox_settled` finishes it.
+    fn outbox_settle(&mut self, charger: &str, how: Settling) {
+        let Some(router) = self.node.router.clone() else {
+            return;
+        };
+        let Some(q) = self.edge.as_mut().and_then(|e| e.queues.head_mut(charger)) else {
+            return;
+        };
+        q.state = SendState::Settling;
+        let entry = q.entry.clone();
+        // The mapping is needed only where the charger may know the transaction by its local
+        // id: it was answered here, or nobody waits for the CSMS's answer.
+        let maps_ids = q.answered_locally || q.waiter.is_none();
+        q.settling = Some(how.clone());
+        let store = self.node.store.clone();
+        let charger = charger.to_owned();
+        let now_unix = chrono::Utc::now().timestamp();
+        tokio::spawn(async move {
+            let seq = entry.seq;
+            let result = store
+                .write(move |w| {
+                    let settle = match &how {
+                        Settling::Answered(response) => {
+                            let csms_tx = if maps_ids && entry.local_tx.is_some() {
+                                outbox::start_answer(response).0
+                            } else {
+                                None
+                            };
+                            journal::Settle::Answered { response, csms_tx }
+                        }
+                        Settling::Refused(_) => journal::Settle::Refused,
+                        Settling::Dead(error) => journal::Settle::Dead { error },
+                    };
+                    journal::settle(w, &entry, settle, now_unix)
+                })
+                .await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "could not commit a queued message's answer; it will be sent again");
+            }
+            let event = Event::OutboxSettled {
+                charger,
+                seq,
+                committed: result.is_ok(),
+            };
+            let _ = router.send(event).await;
+        });
+    }
+
+    fn outbox_settled(&mut self, charger: &str, seq: u64, committed: bool, now: Instant) {
+        let Some(edge) = &mut self.edge else {
+            return;
+        };
+        if !committed {
+            if let Some(q) = edge.queues.get_mut(charger, seq) {
+                q.state = SendState::Idle;
+                q.settling = None;
+                q.retry_at =
+                    Some(now + Duration::from_secs(self.node.config.outbox.retry_interval_s));
+            }
+            return;
+        }
+        let Some(done) = edge.queues.pop(charger, seq) else {
+            return;
+        };
+        self.node
+            .metrics
+            .outbox_queued
+            .set(edge.queues.len() as i64);
+        let entry = &done.entry;
+        match done.settling {
+            Some(Settling::Answered(response)) => {
+                if entry.action == "StartTransaction" {
+                    let (csms, status) = outbox::start_answer(&response);
+                    if let (Some(local), Some(csms)) = (entry.local_tx, csms)
+                        && (done.answered_locally || done.waiter.is_none())
+                    {
+                        edge.tx_ids.insert(charger, local, csms);
+                    }
+                    if let (Some(status), Ok(p)) =
+                        (status, serde_json::from_str::<Value>(&entry.payload))
+                        && let Some(tag) = p["idTag"].as_str()
+                    {
+                        edge.auth.insert(tag.to_owned(), status);
+                    }
+                }
+                let mut rejected = false;
+                if entry.action == "BootNotification"
+                    && let Some(status) = outbox::boot_status(&response)
+                {
+                    rejected = status == "Rejected";
+                    self.remember_boot(charger, status);
+                }
+                match &done.waiter {
+                    Some(w) => {
+                        self.call_settled(w.link);
+                        if let Ok(raw) = serde_json::value::RawValue::from_string(response) {
+                            self.send_plain(
+                                w.link,
+                                Frame::result(w.id.as_str(), &raw).to_plain_string(),
+                            );
+                        }
+                    }
+                    None if rejected => {
+                        if let Some(&link) = self.charger_links.get(charger) {
+                            tracing::warn!(
+                                charger,
+                                "the CSMS rejected the boot replayed from the outage; closing the charger"
+                            );
+                            self.close_charger(link, "the CSMS rejected this charger's boot");
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Some(Settling::Refused(error)) => {
+                if let Some(w) = &done.waiter {
+                    self.call_settled(w.link);
+                    self.send_plain(w.link, error);
+                }
+            }
+            Some(Settling::Dead(why)) => {
+                self.node.metrics.outbox_dead_letters.inc();
+                self.node.security_event(
+                    "dead_letter",
+                    format_args!(
+                        "charger {charger:?}: {} (queued #{}) refused by the CSMS {} times, last {why}; moved to the dead letters",
+                        entry.action, entry.seq, done.attempts
+                    ),
+                );
+            }
+            None => {}
+        }
+        self.to_pump.push(charger.to_owned());
+    }
+
+    /// The uplink is gone: what was on its way is answered here and sent again later.
+    fn outbox_uplink_lost(&mut self) {
+        let Some(edge) = &mut self.edge else {
+            return;
+        };
+        let mut waiting = Vec::new();
+        for q in edge.queues.heads_mut() {
+            if let SendState::InFlight { .. } = q.state {
+                q.state = SendState::Idle;
+                q.retry_at = None;
+                if let Some(w) = q.waiter.take() {
+                    waiting.push((w, q.entry.clone()));
+                }
+            }
+        }
+        for (w, entry) in waiting {
+            self.answer_locally(&w, &entry);
+        }
+    }
+
+    /// Unanswered messages are answered here and resent; due retries go; old dedup keys go.
+    async fn outbox_tick(&mut self, now: Instant) {
+        let Some(edge) = &mut self.edge else {
+            return;
+        };
+        let retry = Duration::from_secs(self.node.config.outbox.retry_interval_s);
+        let mut waiting = Vec::new();
+        let mut due = Vec::new();
+        for q in edge.queues.heads_mut() {
+            match q.state {
+                SendState::InFlight { deadline } if deadline <= now => {
+                    q.state = SendState::Idle;
+                    q.retry_at = Some(now + retry);
+                    if let Some(w) = q.waiter.take() {
+                        waiting.push((w, q.entry.clone()));
+                    }
+                }
+                SendState::Idle if q.retry_at.is_none_or(|t| t <= now) => {
+                    due.push(q.entry.charger.clone());
+                }
+                _ => {}
+            }
+        }
+        for (w, entry) in waiting {
+            tracing::info!(charger = %entry.charger, action = %entry.action, "no answer from the CSMS in time; answered here, sent again later");
+            self.answer_locally(&w, &entry);
+        }
+        for charger in due {
+            self.outbox_pump(&charger, now).await;
+        }
+        if now >= self.next_prune {
+            self.next_prune = now + PRUNE_EVERY;
+            let before =
+                chrono::Utc::now().timestamp() - self.node.config.outbox.dedup_retention_s as i64;
+            let store = self.node.store.clone();
+            tokio::spawn(async move {
+                match store.write(move |w| journal::prune(w, before)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(forgotten = n, "old delivered-message keys pruned"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune the outbox keys"),
+                }
+            });
+        }
+    }
+}
+
+/// How often delivered-message keys past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 fn ingress_peer(ingress: &Ingress<'_>) -> Option<LinkId> {
     ingress.link()

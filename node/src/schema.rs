@@ -160,6 +160,12 @@ fn describe(error: &ValidationError<'_>) -> String {
     text
 }
 
+impl Default for SchemaRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

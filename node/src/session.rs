@@ -21,7 +21,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use wire::text::{Body, Frame, decode_plain};
 use wire::{ErrorCode, Limits, OcppVersion};
 
+use crate::journal::{self, Appended};
 use crate::local_csms::{self, Outcome, Request};
+use crate::outbox::{self, Class};
 use crate::router::{Event, RouterTx, ToPeer};
 use crate::schema::Direction;
 use crate::state::{Node, SessionInfo};
@@ -64,6 +66,16 @@ pub struct Charger {
 /// than the most `max_pending_calls` allows (32), so the answers to a charger's own CALLs can
 /// never fill it by themselves; only a charger that stops reading does.
 const ROUTER_QUEUE: usize = 64;
+
+/// What journaling did with a CALL.
+enum Journal {
+    /// Not a message the queue keeps (now): it goes to the router as it is.
+    No,
+    /// Answered without the router: a re-send of a delivered message, or a refusal.
+    Answered(String),
+    /// In the queue; the router answers it.
+    Handed,
+}
 
 enum Next {
     Continue,
@@ -340,11 +352,99 @@ impl Session {
                 tracing::debug!(charger = %self.charger_id, max = self.max_pending_calls, "too many CALLs waiting for an answer; answered busy");
                 return Some(Frame::error(id, "GenericError", "busy").to_plain_string());
             }
+            if self.node.keeps_outbox() {
+                match self.journal(id, action, payload, &parsed).await {
+                    Journal::No => {}
+                    Journal::Answered(reply) => return Some(reply),
+                    Journal::Handed => return None,
+                }
+            }
             self.pending.fetch_add(1, Ordering::AcqRel);
             self.to_router(bytes).await;
             return None;
         }
         Some(self.answer_locally(id, action, payload, parsed).await)
+    }
+
+    /// Edge: writes a transaction message (or, while the uplink is down, a boot or a status) to
+    /// the durable queue before anything else happens to it (§6.3), so that whatever answer
+    /// the charger gets, the message is on disk.
+    async fn journal(&self, id: &str, action: &str, payload: &str, parsed: &Value) -> Journal {
+        let class = outbox::class(self.version, action);
+        let journaled = match class {
+            Class::Journal => true,
+            Class::OfflineJournal => !self.node.uplink_up.load(Ordering::Acquire),
+            Class::OfflineLocal | Class::Forward => false,
+        };
+        let Some((router, link)) = self.router.as_ref().filter(|_| journaled) else {
+            return Journal::No;
+        };
+        let message = journal::NewMessage {
+            charger: self.charger_id.clone(),
+            version: self.version.subprotocol().to_owned(),
+            action: action.to_owned(),
+            upstream_id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            payload: payload.to_owned(),
+            dedup: outbox::dedup_key(self.version, action, parsed),
+            coalesce: outbox::coalesce_key(self.version, action, parsed),
+            wants_local_tx: self.version.is_v16() && action == "StartTransaction",
+            priority: u8::from(action != "BootNotification"),
+        };
+        let max = self.node.config.outbox.max_messages;
+        match self
+            .node
+            .store
+            .write(move |w| journal::append(w, message, max))
+            .await
+        {
+            Ok(Appended::Done(response)) => {
+                tracing::info!(charger = %self.charger_id, action, "re-sent message already delivered; answered with the CSMS's answer");
+                match serde_json::value::RawValue::from_string(response) {
+                    Ok(raw) => Journal::Answered(Frame::result(id, &raw).to_plain_string()),
+                    Err(e) => {
+                        Journal::Answered(self.error(id, ErrorCode::InternalError, &e.to_string()))
+                    }
+                }
+            }
+            Ok(Appended::Full) => {
+                self.node.security_event(
+                    "outbox_full",
+                    format_args!(
+                        "the durable queue holds its limit of {max} messages; {action} from {:?} refused (the charger keeps it)",
+                        self.charger_id
+                    ),
+                );
+                Journal::Answered(self.error(
+                    id,
+                    ErrorCode::GenericError,
+                    "the node's message queue is full; retry later",
+                ))
+            }
+            Ok(appended) => {
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                let event = Event::Journaled {
+                    link: *link,
+                    id: id.to_owned(),
+                    appended,
+                };
+                let _ = router.send(event).await;
+                Journal::Handed
+            }
+            Err(e) => {
+                self.node.security_event(
+                    "outbox_write_failed",
+                    format_args!(
+                        "{action} from {:?} could not be written to the store ({e}); refused, the charger keeps it",
+                        self.charger_id
+                    ),
+                );
+                Journal::Answered(self.error(
+                    id,
+                    ErrorCode::InternalError,
+                    "the node could not record this message; retry",
+                ))
+            }
+        }
     }
 
     /// Hands the frame to the router without copying it: `Utf8Bytes` shares the read buffer.

@@ -1,7 +1,7 @@
 //! What every task of a running node shares: config, schemas, store, metrics and the sessions.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -61,6 +61,9 @@ pub struct Node {
     /// Present when the node runs the overlay (edge or hub); chargers' frames go through it.
     pub router: Option<RouterTx>,
     pub uplinks: Mutex<Vec<UplinkStatus>>,
+    /// An overlay uplink is up. Set by the router; sessions read it to decide whether a boot
+    /// or a status must be journaled for replay (§6.3).
+    pub uplink_up: AtomicBool,
     pub schemas: SchemaRegistry,
     pub store: Store,
     pub metrics: Metrics,
@@ -101,6 +104,7 @@ impl Node {
             secrets,
             router,
             uplinks: Mutex::new(uplinks),
+            uplink_up: AtomicBool::new(false),
             schemas: SchemaRegistry::new(),
             store,
             metrics,
@@ -111,6 +115,12 @@ impl Node {
             started: Instant::now(),
             next_conn_id: AtomicU64::new(1),
         }
+    }
+
+    /// Whether this node keeps the durable outbound queue: it relays chargers over an uplink
+    /// and does not own the CSMS side itself.
+    pub fn keeps_outbox(&self) -> bool {
+        self.router.is_some() && self.config.hub.is_none()
     }
 
     pub fn next_conn_id(&self) -> u64 {

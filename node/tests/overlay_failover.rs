@@ -1,7 +1,8 @@
 //! Uplink loss and failover with real processes: chargers → edge → hub(s) → in-test CSMS.
 //!
-//! (a) The only hub is SIGKILLed: the chargers stay connected to the edge and get CALLERROR
-//!     GenericError "uplink unavailable"; the hub comes back on the same port, the edge
+//! (a) The only hub is SIGKILLed: the chargers stay connected to the edge, which answers their
+//!     Heartbeats itself and refuses a DataTransfer with CALLERROR GenericError "uplink
+//!     unavailable"; the hub comes back on the same port, the edge
 //!     reconnects and traffic reaches the CSMS again.
 //! (b) Two hubs with priorities 0 and 1: exactly one overlay link (to the preferred hub) while it
 //!     lives, the standby hub is never dialled; killing the preferred one moves the edge to the
@@ -118,6 +119,20 @@ async fn chargers_stay_connected_while_the_hub_restarts() {
         let reply = reply.unwrap_or_else(|| {
             panic!(
                 "{}: no answer to Heartbeat {id} while the uplink is down{}",
+                c.id,
+                diagnostics(&[&edge])
+            )
+        });
+        assert_eq!(reply[0], 3, "the edge answers a Heartbeat itself: {reply}");
+        assert_ne!(
+            reply[2]["currentTime"], "2026-01-01T00:00:00Z",
+            "not the CSMS's answer: {reply}"
+        );
+        let payload = serde_json::json!({"vendorId": "test"});
+        let (id, reply) = c.call("DataTransfer", payload, REPLY).await;
+        let reply = reply.unwrap_or_else(|| {
+            panic!(
+                "{}: no answer to DataTransfer {id} while the uplink is down{}",
                 c.id,
                 diagnostics(&[&edge])
             )

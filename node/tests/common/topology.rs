@@ -737,15 +737,20 @@ async fn csms_connection(stream: tokio::net::TcpStream, log: Arc<Mutex<CsmsLog>>
     log.lock().expect("CSMS log").connections[index].open = false;
 }
 
+static NEXT_TRANSACTION: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1000);
+
 /// The smallest valid OCPP 1.6 response payload for `action`.
 fn csms_answer(action: &str) -> Value {
     const NOW: &str = "2026-01-01T00:00:00Z";
     match action {
         "BootNotification" => json!({"status": "Accepted", "currentTime": NOW, "interval": 300}),
         "Heartbeat" => json!({"currentTime": NOW}),
-        "Authorize" | "StartTransaction" | "StopTransaction" => {
-            json!({"idTagInfo": {"status": "Accepted"}, "transactionId": 1})
-        }
+        // Distinct ids from 1000 up, so that a test can tell the CSMS's ids from an edge's.
+        "StartTransaction" => json!({
+            "idTagInfo": {"status": "Accepted"},
+            "transactionId": NEXT_TRANSACTION.fetch_add(1, Ordering::SeqCst),
+        }),
+        "Authorize" | "StopTransaction" => json!({"idTagInfo": {"status": "Accepted"}}),
         _ => json!({}),
     }
 }
@@ -760,6 +765,8 @@ pub struct Relay {
     target: Arc<Mutex<Option<SocketAddr>>>,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
+    /// Ends every forwarded connection (see [`Relay::cut`]).
+    cut: Arc<tokio::sync::Notify>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -776,7 +783,8 @@ impl Relay {
         let target = Arc::new(Mutex::new(target));
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
-        let (t, a, o) = (target.clone(), accepted.clone(), open.clone());
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (t, a, o, c) = (target.clone(), accepted.clone(), open.clone(), cut.clone());
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("from_std");
             loop {
@@ -788,15 +796,21 @@ impl Relay {
                     drop(inbound);
                     continue;
                 };
-                let o = o.clone();
+                let (o, c) = (o.clone(), c.clone());
                 tokio::spawn(async move {
+                    let cut = c.notified();
+                    tokio::pin!(cut);
+                    cut.as_mut().enable();
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
                         return;
                     };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
                     o.fetch_add(1, Ordering::SeqCst);
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut => {}
+                    }
                     o.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -806,12 +820,20 @@ impl Relay {
             target,
             accepted,
             open,
+            cut,
             rt: Some(rt),
         }
     }
 
     pub fn set_target(&self, to: SocketAddr) {
         *self.target.lock().expect("target") = Some(to);
+    }
+
+    /// Cuts the line: forwarded connections close and new ones are refused until
+    /// [`Relay::set_target`] restores it.
+    pub fn cut(&self) {
+        *self.target.lock().expect("target") = None;
+        self.cut.notify_waiters();
     }
 
     /// Connections accepted so far (forwarded or not).
