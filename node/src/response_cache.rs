@@ -79,6 +79,14 @@ impl ResponseCache {
         self.order.push_back((now, key));
     }
 
+    /// The CSMS refused a message: not kept, so that a retry reaches the CSMS again (a refusal
+    /// may be transient, and each one counts toward the edge's attempts).
+    pub fn on_error(&mut self, charger: &str, id: &str) {
+        if !self.in_flight.is_empty() {
+            self.in_flight.remove(&(charger.to_owned(), id.to_owned()));
+        }
+    }
+
     /// The charger's CSMS socket closed: what it had in flight will never be answered there.
     pub fn csms_closed(&mut self, charger: &str) {
         self.in_flight.retain(|(c, _), _| c != charger);
@@ -119,6 +127,13 @@ mod tests {
         assert_eq!(c.on_call("CP", "u1", t0), Verdict::InFlight);
         c.on_reply("CP", "other", "[3,\"other\",{}]", t0);
         c.on_reply("CP", "u1", "[3,\"u1\",{}]", t0);
+        assert_eq!(c.on_call("CP", "u2", t0), Verdict::Forward);
+        c.on_error("CP", "u2");
+        assert_eq!(
+            c.on_call("CP", "u2", t0),
+            Verdict::Forward,
+            "a refusal is not kept"
+        );
         assert_eq!(
             c.on_call("CP", "u1", t0),
             Verdict::Answered("[3,\"u1\",{}]".into())

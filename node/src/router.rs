@@ -641,15 +641,16 @@ impl Router {
         };
         let overlay = match frame.message_type() {
             MessageType::Call => {
-                let action = frame.action().unwrap_or_default().to_owned();
+                // Borrowed, not copied: this runs for every CALL.
+                let action: &str = frame.action().unwrap_or_default();
                 let payload: &str = frame.payload().map_or("{}", |p| p.get());
                 if self.uplink.is_none() && !self.forwarder.owns_csms() {
                     self.call_settled(link);
                     let version = self.charger(link).map_or(OcppVersion::V16, |c| c.version);
-                    let reply = if outbox::class(version, &action) == Class::OfflineLocal {
+                    let reply = if outbox::class(version, action) == Class::OfflineLocal {
                         self.node.metrics.outbox_local_answers.inc();
                         let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
-                        let answer = self.local_answer(&charger, version, &action, &payload, None);
+                        let answer = self.local_answer(&charger, version, action, &payload, None);
                         match serde_json::value::to_raw_value(&answer) {
                             Ok(raw) => Frame::result(frame.id.clone(), &raw).to_plain_string(),
                             Err(_) => return,
@@ -661,7 +662,7 @@ impl Router {
                     self.send_plain(link, reply);
                     return;
                 }
-                let note = match action.as_str() {
+                let note = match action {
                     "BootNotification" if self.edge.is_some() => Note::Boot,
                     "Authorize" if self.edge.is_some() => serde_json::from_str(payload)
                         .ok()
@@ -775,8 +776,14 @@ impl Router {
         };
         let is_call = frame.message_type() == MessageType::Call;
         let id = frame.id.clone().into_owned();
-        if !is_call && !self.responses.is_empty() {
-            self.responses.on_reply(&charger, &id, text, now);
+        if !self.responses.is_empty() {
+            match frame.message_type() {
+                MessageType::CallResult => self.responses.on_reply(&charger, &id, text, now),
+                MessageType::CallError | MessageType::CallResultError => {
+                    self.responses.on_error(&charger, &id)
+                }
+                _ => {}
+            }
         }
         let overlay = OverlayFrame {
             dest: Route::single(charger.clone()),

@@ -13,6 +13,7 @@ use common::topology::{
     Charger, Csms, Node, NodeConfig, Relay, Timers, Uplink, diagnostics, metric_sum, wait_for,
     wait_uplink_up,
 };
+use redb::ReadableTable as _;
 use serde_json::{Value, json};
 
 const REPLY: Duration = Duration::from_secs(10);
@@ -218,4 +219,170 @@ async fn an_outage_and_a_crash_lose_and_duplicate_nothing() {
         ("MeterValues", Some(tx_b))
     );
     drop(relay);
+
+    // The security event log of the crashed and restarted edge: intact, and a copy with one
+    // record altered is refused, naming that record.
+    edge.kill();
+    let store = edge.dir.path().join("data").join("node.redb");
+    let (ok, text) = audit_verify(&store);
+    assert!(ok, "audit verify on the edge's log: {text}");
+    let starts: Vec<u64> = audit_records(&store)
+        .iter()
+        .filter(|(_, r)| r["kind"] == "node_started")
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(starts.len(), 2, "one node_started per start: {starts:?}");
+    let altered = starts[1];
+    let copy = edge.dir.path().join("copy.redb");
+    std::fs::copy(&store, &copy).expect("copy the store");
+    {
+        let db = redb::Database::open(&copy).expect("open the copy");
+        let wtx = db.begin_write().expect("write");
+        {
+            let mut table = wtx.open_table(AUDIT_LOG).expect("audit table");
+            let record = table.get(altered).expect("read").expect("record");
+            let text = String::from_utf8(record.value().to_vec()).expect("UTF-8 record");
+            drop(record);
+            let changed = text.replacen("node_started", "node_startee", 1);
+            assert_ne!(changed, text);
+            table
+                .insert(altered, changed.as_bytes())
+                .expect("write back");
+        }
+        wtx.commit().expect("commit");
+    }
+    let (ok, text) = audit_verify(&copy);
+    assert!(!ok, "{text}");
+    assert!(
+        text.starts_with(&format!("broken at record {altered}: ")),
+        "expected record {altered} named: {text}"
+    );
+}
+
+/// A message the CSMS refuses: online the charger sees the CSMS's CALLERROR; replayed, it is
+/// tried `message_attempts` times, then kept as a dead letter with a security event, and the
+/// queue goes on.
+#[tokio::test]
+async fn a_message_the_csms_keeps_refusing_becomes_a_dead_letter() {
+    let csms = Csms::start();
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = NodeConfig::hub(hub_dir.path(), "hub", &csms.url, "127.0.0.1:0")
+        .timers(timers())
+        .node_peer("edge", &["*"], None)
+        .start(hub_dir);
+    let relay = Relay::start(Some(hub.addr("nodes")));
+    let edge_dir = tempfile::tempdir().unwrap();
+    let edge = NodeConfig::edge(edge_dir.path(), "edge")
+        .timers(timers())
+        .uplink(Uplink::new("hub", &relay.url("/ocpp"), 0))
+        .extra(OUTBOX)
+        .start(edge_dir);
+    wait_uplink_up(&edge, "hub", UP, &[&hub]).await;
+    let mut cp = Charger::connect(edge.url("chargers"), "REFUSE-1").await;
+    assert!(csms.wait_connected("REFUSE-1", 1, REPLY).await);
+
+    let (id, reply) = cp
+        .call(
+            "MeterValues",
+            meter_values(1, "2026-01-01T10:00:00Z", 1),
+            REPLY,
+        )
+        .await;
+    let reply = reply.expect("an answer");
+    assert_eq!(reply[0], 4, "online, the CSMS's CALLERROR: {reply}");
+    assert_eq!(
+        (reply[1].as_str(), reply[2].as_str()),
+        (Some(id.as_str()), Some("InternalError"))
+    );
+
+    relay.cut();
+    assert!(
+        wait_for(UP, || uplink_down(&edge).then_some(()))
+            .await
+            .is_some()
+    );
+    answered(
+        &mut cp,
+        "MeterValues",
+        meter_values(1, "2026-01-01T10:05:00Z", 2),
+        &[&edge],
+    )
+    .await;
+    answered(
+        &mut cp,
+        "StatusNotification",
+        json!({"connectorId": 1, "errorCode": "NoError", "status": "Charging"}),
+        &[&edge],
+    )
+    .await;
+    relay.set_target(hub.addr("nodes"));
+    let drained = wait_for(Duration::from_secs(30), || {
+        (metric_sum(&edge.metrics(), "ocpp_outbox_queued") == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "the queue did not drain{}",
+        diagnostics(&[&edge, &hub])
+    );
+    assert_eq!(
+        metric_sum(&edge.metrics(), "ocpp_outbox_dead_letters"),
+        Some(1.0)
+    );
+    let tries = csms
+        .calls_of("REFUSE-1")
+        .iter()
+        .filter(|c| {
+            c.action == "MeterValues"
+                && c.payload["meterValue"][0]["timestamp"] == "2026-01-01T10:05:00Z"
+        })
+        .count();
+    assert_eq!(tries, 3, "message_attempts = 3");
+    assert_eq!(
+        csms.calls(Some("REFUSE-1"), "StatusNotification"),
+        1,
+        "the queue went on"
+    );
+    assert!(
+        common::topology::has_security_event(&edge.stderr_log(), "dead_letter"),
+        "{}",
+        edge.stderr_tail(30)
+    );
+}
+
+const AUDIT_LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit_log");
+
+fn audit(args: &[&str], store: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .arg("audit")
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .output()
+        .expect("run ocpp-node audit")
+}
+
+/// (passed, stdout and stderr) of `ocpp-node audit verify`.
+fn audit_verify(store: &std::path::Path) -> (bool, String) {
+    let out = audit(&["verify"], store);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success(),
+        text + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// (index, record) of every record, through `ocpp-node audit show`.
+fn audit_records(store: &std::path::Path) -> Vec<(u64, Value)> {
+    let out = audit(&["show"], store);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a record is one JSON line"))
+        .map(|r| (r["index"].as_u64().expect("index"), r))
+        .collect()
 }

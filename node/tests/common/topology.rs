@@ -550,7 +550,8 @@ pub struct CsmsLog {
 
 /// A plain OCPP-J CSMS: accepts any charger id on `<url>/<id>`, echoes the first OCPP
 /// subprotocol offered, answers every CALL at once with a valid CALLRESULT — except for chargers
-/// whose id starts with "MUTE", whose CALLs it records and never answers.
+/// whose id starts with "MUTE", whose CALLs it records and never answers, and those whose id
+/// starts with "REFUSE", whose CALLs other than boot, heartbeat and status get a CALLERROR.
 pub struct Csms {
     /// `ws://127.0.0.1:PORT/csms`: the hub's `csms_url`.
     pub url: String,
@@ -723,7 +724,14 @@ async fn csms_connection(stream: tokio::net::TcpStream, log: Arc<Mutex<CsmsLog>>
                 if charger.starts_with("MUTE") {
                     continue;
                 }
-                json!([3, id, csms_answer(action)])
+                // A CSMS that refuses these chargers' transaction messages.
+                if charger.starts_with("REFUSE")
+                    && !["BootNotification", "Heartbeat", "StatusNotification"].contains(&action)
+                {
+                    json!([4, id, "InternalError", "refused by the test CSMS", {}])
+                } else {
+                    json!([3, id, csms_answer(action)])
+                }
             }
             _ => {
                 log.lock().expect("CSMS log").other_frames.push(text);
