@@ -932,6 +932,7 @@ impl Router {
                     }
                 }
                 if !self.send_plain(link, frame.frame.to_plain_string()) {
+                    self.responses.on_error(&charger, &frame.frame.id);
                     let error = self
                         .forwarder
                         .error_to_originator(&frame, "the CSMS socket cannot take it now; retry");
@@ -1678,10 +1679,10 @@ impl Router {
         if self.uplink.is_none() {
             return;
         }
-        let Some(&link) = self.charger_links.get(charger) else {
+        if !self.charger_links.contains_key(charger) {
             // Replays wait for the charger: the hub has its CSMS socket only while it is here.
             return;
-        };
+        }
         let Some(edge) = &mut self.edge else {
             return;
         };
@@ -1717,7 +1718,6 @@ impl Router {
                 },
             },
         };
-        let _ = link;
         let sent = self.route(Ingress::Local, frame, now).await;
         let retry = Duration::from_secs(self.node.config.outbox.retry_interval_s);
         if let Some(q) = self
@@ -1732,6 +1732,10 @@ impl Router {
                 };
             } else {
                 q.retry_at = Some(now + retry);
+                // Not going up now: the waiting charger is answered from the disk copy.
+                if let Some(w) = q.waiter.take() {
+                    self.answer_locally(&w, &entry);
+                }
             }
         }
     }
