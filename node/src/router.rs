@@ -207,6 +207,8 @@ enum Note {
     None,
     Authorize(String),
     Boot,
+    /// Answered by the edge if the CSMS's answer does not come in time.
+    Heartbeat,
 }
 
 /// A CSMS CALL waiting for a charger's answer (edge side), or for the charger's edge (hub side).
@@ -664,6 +666,7 @@ impl Router {
                 }
                 let note = match action {
                     "BootNotification" if self.edge.is_some() => Note::Boot,
+                    "Heartbeat" if self.edge.is_some() => Note::Heartbeat,
                     "Authorize" if self.edge.is_some() => serde_json::from_str(payload)
                         .ok()
                         .and_then(|p: Value| outbox::authorize_tag(&p))
@@ -1373,11 +1376,39 @@ impl Router {
 
     async fn on_timer(&mut self, now: Instant) {
         for (key, pending) in self.up.expire(now) {
-            // The charger asked and nobody answered in time: tell it, under its own id.
-            self.call_settled(pending.data.link);
-            let error = Frame::error(pending.original_id, "GenericError", "timeout");
+            // The charger asked and nobody answered in time: tell it, under its own id. What
+            // the edge answers while offline it answers here too: a silently dead uplink (a
+            // blackhole) is not known to be down until its pings fail.
+            let link = pending.data.link;
+            self.call_settled(link);
             tracing::info!(charger = %key.source, "CALL to the CSMS timed out");
-            self.send_plain(pending.data.link, error.to_plain_string());
+            let version = self.charger(link).map(|c| c.version);
+            let local = match (&pending.data.note, version) {
+                (Note::Heartbeat, Some(v)) => Some((v, "Heartbeat", json!({}))),
+                (Note::Authorize(tag), Some(v)) => {
+                    let payload = if v.is_v16() {
+                        json!({"idTag": tag})
+                    } else {
+                        json!({"idToken": {"idToken": tag}})
+                    };
+                    Some((v, "Authorize", payload))
+                }
+                _ => None,
+            };
+            let text = match local {
+                Some((version, action, payload)) => {
+                    self.node.metrics.outbox_local_answers.inc();
+                    let answer = self.local_answer(&key.source, version, action, &payload, None);
+                    match serde_json::value::to_raw_value(&answer) {
+                        Ok(raw) => Frame::result(pending.original_id, &raw).to_plain_string(),
+                        Err(_) => continue,
+                    }
+                }
+                None => {
+                    Frame::error(pending.original_id, "GenericError", "timeout").to_plain_string()
+                }
+            };
+            self.send_plain(link, text);
         }
         for (key, pending) in self.down.expire(now) {
             // The hub answers the CSMS on its own timer; here only the queue moves on.
@@ -1546,7 +1577,7 @@ impl Router {
             return;
         };
         match note {
-            Note::None => {}
+            Note::None | Note::Heartbeat => {}
             Note::Authorize(tag) => {
                 if let Some(status) = outbox::authorize_status(answer) {
                     edge.auth.insert(tag.clone(), status);

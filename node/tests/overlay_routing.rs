@@ -48,7 +48,11 @@ async fn a_frame_that_comes_back_is_dropped_as_a_loop() {
     wait_uplink_up(&b, "to-a", UP, &[&a]).await;
 
     let mut charger = Charger::connect(a.url("chargers"), "CP-L1").await;
-    let (id, reply) = charger.heartbeat(Duration::from_secs(10)).await;
+    // Not a Heartbeat: an edge answers that itself when the CSMS's answer does not come.
+    let payload = serde_json::json!({"vendorId": "loop-test"});
+    let (id, reply) = charger
+        .call("DataTransfer", payload, Duration::from_secs(10))
+        .await;
     let reply = reply.unwrap_or_else(|| {
         panic!(
             "no CALLERROR within 10 s (request_timeout_s = 3){}",
