@@ -23,6 +23,7 @@ pub enum Verdict {
 
 pub struct ResponseCache {
     retention: Duration,
+    in_flight_window: Duration,
     in_flight: HashMap<Key, Instant>,
     answered: HashMap<Key, String>,
     /// Answers in the order they were kept, for expiry.
@@ -30,11 +31,13 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    /// `retention`: how long answers are kept (at least the grace period), and how long an
-    /// unanswered message counts as in flight.
-    pub fn new(retention: Duration) -> Self {
+    /// `retention`: how long answers are kept (at least the grace period). `in_flight_window`:
+    /// how long an unanswered message counts as on its way (the request timeout): after it the
+    /// message is presumed lost with its socket, and a replay goes to the CSMS again.
+    pub fn new(retention: Duration, in_flight_window: Duration) -> Self {
         ResponseCache {
             retention,
+            in_flight_window,
             in_flight: HashMap::new(),
             answered: HashMap::new(),
             order: VecDeque::new(),
@@ -48,11 +51,11 @@ impl ResponseCache {
             return Verdict::Answered(reply.clone());
         }
         if let Some(since) = self.in_flight.get(&key)
-            && now.duration_since(*since) < self.retention
+            && now.duration_since(*since) < self.in_flight_window
         {
             return Verdict::InFlight;
         }
-        if self.in_flight.len() < MAX_ENTRIES {
+        if self.in_flight.len() < MAX_ENTRIES || self.in_flight.contains_key(&key) {
             self.in_flight.insert(key, now);
         }
         Verdict::Forward
@@ -101,6 +104,7 @@ impl ResponseCache {
                 self.answered.remove(&key);
             }
         }
+        // Kept as long as answers: a late answer is still worth keeping for a replay.
         let retention = self.retention;
         self.in_flight
             .retain(|_, since| now.duration_since(*since) < retention);
@@ -122,7 +126,7 @@ mod tests {
     #[test]
     fn replay_is_answered_from_the_cache_then_forgotten() {
         let t0 = Instant::now();
-        let mut c = ResponseCache::new(Duration::from_secs(10));
+        let mut c = ResponseCache::new(Duration::from_secs(10), Duration::from_secs(5));
         assert_eq!(c.on_call("CP", "u1", t0), Verdict::Forward);
         assert_eq!(c.on_call("CP", "u1", t0), Verdict::InFlight);
         c.on_reply("CP", "other", "[3,\"other\",{}]", t0);
@@ -141,7 +145,13 @@ mod tests {
         assert_eq!(c.on_call("CP2", "u1", t0), Verdict::Forward, "per charger");
         c.csms_closed("CP2");
         assert_eq!(c.on_call("CP2", "u1", t0), Verdict::Forward);
-        c.expire(t0 + Duration::from_secs(11));
+        assert_eq!(c.on_call("CP", "u3", t0), Verdict::Forward);
+        assert_eq!(
+            c.on_call("CP", "u3", t0 + Duration::from_secs(6)),
+            Verdict::Forward,
+            "unanswered past the window: presumed lost, sent again"
+        );
+        c.expire(t0 + Duration::from_secs(17));
         assert!(c.is_empty());
         assert_eq!(c.on_call("CP", "u1", t0), Verdict::Forward);
     }

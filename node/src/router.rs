@@ -294,9 +294,10 @@ impl Router {
             ids: IdGen::new(),
             next_refresh: None,
             edge: (node.config.hub.is_none()).then(outbox::Edge::default),
-            responses: ResponseCache::new(Duration::from_secs(
-                (o.csms_grace_s.max(o.request_timeout_s) * 2).max(60),
-            )),
+            responses: ResponseCache::new(
+                Duration::from_secs((o.csms_grace_s.max(o.request_timeout_s) * 2).max(60)),
+                Duration::from_secs(o.request_timeout_s),
+            ),
             charger_links: HashMap::new(),
             to_pump: Vec::new(),
             pump_all: false,
@@ -478,6 +479,7 @@ impl Router {
         self.changed.insert(charger.clone());
         self.grace.remove(&charger);
         self.charger_links.insert(charger.clone(), link);
+        self.withdraw_replay_route(&charger, now);
         self.to_pump.push(charger.clone());
         self.links.insert(
             link,
@@ -581,6 +583,9 @@ impl Router {
                 }
                 if let Some(edge) = &mut self.edge {
                     edge.queues.forget_waiters(link);
+                    if edge.queues.head(&c.id).is_some() {
+                        self.to_pump.push(c.id.clone());
+                    }
                 }
                 if self.forwarder.owns_csms() {
                     for id in &removed.unreachable {
@@ -1326,6 +1331,8 @@ impl Router {
 
     fn close_csms(&mut self, charger: &str) {
         self.grace.remove(charger);
+        // What its socket had on the way is lost with it.
+        self.responses.csms_closed(charger);
         if let Some(entry) = self.csms.remove(charger) {
             self.links.remove(&entry.link);
             self.node.metrics.csms_connections.dec();
@@ -1710,9 +1717,18 @@ impl Router {
         if self.uplink.is_none() {
             return;
         }
-        if !self.charger_links.contains_key(charger) {
-            // Replays wait for the charger: the hub has its CSMS socket only while it is here.
+        let Some(q) = self.edge.as_ref().and_then(|e| e.queues.head(charger)) else {
             return;
+        };
+        if q.state != SendState::Idle || q.retry_at.is_some_and(|t| t > now) {
+            return;
+        }
+        if !self.charger_links.contains_key(charger) {
+            // The hub keeps a charger's CSMS socket only while the charger is announced: one
+            // that left with messages queued is announced by the queue until they are out,
+            // so that nothing waits for the charger's return.
+            let version = q.entry.version.parse().ok();
+            self.announce_for_replay(charger, version);
         }
         let Some(edge) = &mut self.edge else {
             return;
@@ -1720,9 +1736,6 @@ impl Router {
         let Some(q) = edge.queues.head_mut(charger) else {
             return;
         };
-        if q.state != SendState::Idle || q.retry_at.is_some_and(|t| t > now) {
-            return;
-        }
         q.retry_at = None;
         let entry = q.entry.clone();
         let payload = if entry.version == OcppVersion::V16.subprotocol() {
@@ -1768,6 +1781,48 @@ impl Router {
                     self.answer_locally(&w, &entry);
                 }
             }
+        }
+    }
+
+    /// Announces a charger that is not connected but has messages to replay, through a route
+    /// of the queue's own (CSMS calls toward it find no connection and time out at the hub).
+    fn announce_for_replay(&mut self, charger: &str, version: Option<OcppVersion>) {
+        if self
+            .table
+            .entries(charger)
+            .iter()
+            .any(|e| e.link == REPLAY_LINK)
+        {
+            return;
+        }
+        let route = routing::RouteEntry {
+            dest: charger.to_owned(),
+            link: REPLAY_LINK,
+            priority: REPLAY_PRIORITY,
+            source: routing::Source::Static,
+            expires: None,
+            version,
+        };
+        if let Err(e) = self.table.insert(route) {
+            return tracing::warn!(charger, error = %e, "cannot announce the charger for its replay");
+        }
+        tracing::info!(
+            charger,
+            "the charger is away; its queued messages are replayed without it"
+        );
+        self.changed.insert(charger.to_owned());
+        self.dirty = true;
+    }
+
+    /// The charger is back, or its queue is empty: the queue's route goes.
+    fn withdraw_replay_route(&mut self, charger: &str, now: Instant) {
+        if self
+            .table
+            .remove(charger, REPLAY_LINK, routing::Source::Static, now)
+            .is_some()
+        {
+            self.changed.insert(charger.to_owned());
+            self.dirty = true;
         }
     }
 
@@ -1907,6 +1962,12 @@ impl Router {
             .metrics
             .outbox_queued
             .set(edge.queues.len() as i64);
+        if edge.queues.head(charger).is_none() {
+            self.withdraw_replay_route(charger, now);
+        }
+        let Some(edge) = &mut self.edge else {
+            return;
+        };
         let entry = &done.entry;
         match done.settling {
             Some(Settling::Answered(response)) => {
@@ -2039,6 +2100,12 @@ impl Router {
         }
     }
 }
+
+/// The pseudo link of the routes by which an edge announces chargers that are away but have
+/// messages to replay; no connection ever has this id (they count up from 1).
+const REPLAY_LINK: LinkId = LinkId(u64::MAX);
+/// Such a route is the least preferred one of its charger.
+const REPLAY_PRIORITY: u32 = 1000;
 
 /// How often delivered-message keys past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);

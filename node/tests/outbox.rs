@@ -350,6 +350,67 @@ async fn a_message_the_csms_keeps_refusing_becomes_a_dead_letter() {
     );
 }
 
+/// A charger that leaves while its messages are queued does not hold them back: the edge
+/// announces it for the replay, the hub opens its CSMS socket, and closes it once the queue is out.
+#[tokio::test]
+async fn messages_of_a_charger_that_left_are_replayed_without_it() {
+    let csms = Csms::start();
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = NodeConfig::hub(hub_dir.path(), "hub", &csms.url, "127.0.0.1:0")
+        .timers(timers())
+        .node_peer("edge", &["*"], None)
+        .start(hub_dir);
+    let relay = Relay::start(Some(hub.addr("nodes")));
+    let edge_dir = tempfile::tempdir().unwrap();
+    let edge = NodeConfig::edge(edge_dir.path(), "edge")
+        .timers(timers())
+        .uplink(Uplink::new("hub", &relay.url("/ocpp"), 0))
+        .extra(OUTBOX)
+        .start(edge_dir);
+    wait_uplink_up(&edge, "hub", UP, &[&hub]).await;
+    let mut cp = Charger::connect(edge.url("chargers"), "CP-GONE").await;
+    assert!(csms.wait_connected("CP-GONE", 1, REPLY).await);
+    relay.cut();
+    assert!(
+        wait_for(UP, || uplink_down(&edge).then_some(()))
+            .await
+            .is_some()
+    );
+    for (i, ts) in ["2026-01-01T10:00:00Z", "2026-01-01T10:01:00Z"]
+        .iter()
+        .enumerate()
+    {
+        answered(
+            &mut cp,
+            "MeterValues",
+            meter_values(7, ts, i as u32),
+            &[&edge],
+        )
+        .await;
+    }
+    drop(cp);
+    relay.set_target(hub.addr("nodes"));
+    let delivered = wait_for(Duration::from_secs(30), || {
+        (csms.calls(Some("CP-GONE"), "MeterValues") == 2).then_some(())
+    })
+    .await;
+    assert!(
+        delivered.is_some(),
+        "the replay waited for the charger{}",
+        diagnostics(&[&edge, &hub])
+    );
+    assert_eq!(metric_sum(&edge.metrics(), "ocpp_outbox_queued"), Some(0.0));
+    let closed = wait_for(Duration::from_secs(30), || {
+        (csms.open_connections("CP-GONE") == 0).then_some(())
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "the CSMS socket of the departed charger stays open{}",
+        diagnostics(&[&edge, &hub])
+    );
+}
+
 const AUDIT_LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit_log");
 
 fn audit(args: &[&str], store: &std::path::Path) -> std::process::Output {
