@@ -235,7 +235,7 @@ impl NodeKey {
                 mode,
             });
         }
-        let bytes = std::fs::read(path).map_err(read)?;
+        let bytes = crate::small_file::read(path).map_err(read)?;
         let pair = parse_key(&bytes).map_err(|why| KeyError::Invalid {
             path: path.to_owned(),
             why,

@@ -20,6 +20,7 @@ pub mod router;
 pub mod schema;
 pub mod secrets;
 pub mod session;
+pub mod small_file;
 pub mod state;
 pub mod status;
 pub mod store;

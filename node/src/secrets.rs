@@ -70,10 +70,11 @@ pub enum SecretsError {
 impl Secrets {
     pub fn load(path: &Path) -> Result<Secrets, SecretsError> {
         check_permissions(path)?;
-        let text = std::fs::read_to_string(path).map_err(|source| SecretsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            crate::small_file::read_to_string(path).map_err(|source| SecretsError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         let file: File = toml::from_str(&text).map_err(|e| SecretsError::Parse {
             path: path.to_owned(),
             message: redact(&e),

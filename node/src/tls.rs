@@ -59,8 +59,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
+    let bytes = crate::small_file::read(path).map_err(|e| file_error(path, e))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(path, e))?;
     if certs.is_empty() {
@@ -71,7 +71,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     // The error text of a key file never includes its content.
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+    let bytes = crate::small_file::read(path).map_err(|e| file_error(path, e))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| file_error(path, e))
 }
 
 /// The rustls server config of a profile 2 or 3 listener.
