@@ -1008,8 +1008,11 @@ impl Router {
                     _ => match correlation::overlay_reply_to_plain(&mut self.up, frame) {
                         Ok((plain, pending)) => {
                             self.call_settled(pending.data.link);
-                            if let (Some(answer), Some(c)) =
-                                (plain.payload(), self.charger(pending.data.link))
+                            // Only boots and authorizations teach the edge anything; the
+                            // check keeps a copy of the charger id off every other reply.
+                            if matches!(pending.data.note, Note::Authorize(_) | Note::Boot)
+                                && let (Some(answer), Some(c)) =
+                                    (plain.payload(), self.charger(pending.data.link))
                             {
                                 let charger = c.id.clone();
                                 self.learn(&charger, &pending.data.note, answer.get());
