@@ -5,14 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::audit::{alter_record, audit, show, stdout};
 use common::{BIN, NodeProc, connect, hash_password};
-use redb::{ReadableTable as _, TableDefinition};
 use serde_json::Value;
-
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_log");
 
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -33,34 +31,6 @@ fn stop(child: &mut Child) {
         assert!(Instant::now() < deadline, "node did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn audit(args: &[&str], store: &Path) -> Output {
-    Command::new(BIN)
-        .arg("audit")
-        .args(args)
-        .arg("--store")
-        .arg(store)
-        .output()
-        .expect("run ocpp-node audit")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Every record, parsed, through `ocpp-node audit show`.
-fn show(store: &Path) -> Vec<Value> {
-    let out = audit(&["show"], store);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a record is one JSON line"))
-        .collect()
 }
 
 fn kinds(records: &[Value]) -> Vec<&str> {
@@ -180,27 +150,7 @@ async fn failed_logins_are_chained_and_an_altered_record_is_named() {
     // A copy with one character of one record's detail changed: named exactly.
     let altered = failures[1] as u64;
     let copy = node.dir.path().join("copy.redb");
-    std::fs::copy(&store, &copy).expect("copy the store");
-    {
-        let db = redb::Database::open(&copy).expect("open the copy");
-        let wtx = db.begin_write().expect("write");
-        {
-            let mut table = wtx.open_table(LOG).expect("audit table");
-            let bytes = table
-                .get(altered)
-                .expect("read")
-                .expect("record")
-                .value()
-                .to_vec();
-            let text = String::from_utf8(bytes).expect("UTF-8 record");
-            let changed = text.replacen("wrong password", "wrong passwork", 1);
-            assert_ne!(changed, text);
-            table
-                .insert(altered, changed.as_bytes())
-                .expect("write back");
-        }
-        wtx.commit().expect("commit");
-    }
+    alter_record(&store, &copy, altered, "wrong password", "wrong passwork");
     let out = audit(&["verify"], &copy);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");

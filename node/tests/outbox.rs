@@ -7,13 +7,13 @@
 //! the CSMS's own. A re-send under a new message id is recognised by its content.
 
 mod common;
+use common::audit::{alter_record, audit, show, stdout};
 use std::time::Duration;
 
 use common::topology::{
     Charger, Csms, Node, NodeConfig, Relay, Timers, Uplink, diagnostics, metric_sum, wait_for,
     wait_uplink_up,
 };
-use redb::ReadableTable as _;
 use serde_json::{Value, json};
 
 const REPLY: Duration = Duration::from_secs(10);
@@ -55,22 +55,61 @@ fn uplink_down(edge: &Node) -> bool {
     edge.uplink_state("hub").as_deref() != Some("up")
 }
 
+/// charger → edge → relay (the line the tests cut) → hub → in-test CSMS, uplink up.
+struct Site {
+    csms: Csms,
+    hub: Node,
+    relay: Relay,
+    edge: Node,
+}
+
+impl Site {
+    /// `allow`: the charger ids the hub accepts from the edge.
+    async fn start(allow: &[&str]) -> Site {
+        let csms = Csms::start();
+        let hub_dir = tempfile::tempdir().unwrap();
+        let hub = NodeConfig::hub(hub_dir.path(), "hub", &csms.url, "127.0.0.1:0")
+            .timers(timers())
+            .node_peer("edge", allow, None)
+            .start(hub_dir);
+        let relay = Relay::start(Some(hub.addr("nodes")));
+        let edge_dir = tempfile::tempdir().unwrap();
+        let edge = NodeConfig::edge(edge_dir.path(), "edge")
+            .timers(timers())
+            .uplink(Uplink::new("hub", &relay.url("/ocpp"), 0))
+            .extra(OUTBOX)
+            .start(edge_dir);
+        wait_uplink_up(&edge, "hub", UP, &[&hub]).await;
+        Site {
+            csms,
+            hub,
+            relay,
+            edge,
+        }
+    }
+}
+
+/// Waits until the edge's queue is empty.
+async fn wait_drained(edge: &Node, hub: &Node) {
+    let drained = wait_for(Duration::from_secs(30), || {
+        (metric_sum(&edge.metrics(), "ocpp_outbox_queued") == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "the queue did not drain{}",
+        diagnostics(&[edge, hub])
+    );
+}
+
 #[tokio::test]
 async fn an_outage_and_a_crash_lose_and_duplicate_nothing() {
-    let csms = Csms::start();
-    let hub_dir = tempfile::tempdir().unwrap();
-    let hub = NodeConfig::hub(hub_dir.path(), "hub", &csms.url, "127.0.0.1:0")
-        .timers(timers())
-        .node_peer("edge", &["CP-*"], None)
-        .start(hub_dir);
-    let relay = Relay::start(Some(hub.addr("nodes")));
-    let edge_dir = tempfile::tempdir().unwrap();
-    let mut edge = NodeConfig::edge(edge_dir.path(), "edge")
-        .timers(timers())
-        .uplink(Uplink::new("hub", &relay.url("/ocpp"), 0))
-        .extra(OUTBOX)
-        .start(edge_dir);
-    wait_uplink_up(&edge, "hub", UP, &[&hub]).await;
+    let Site {
+        csms,
+        hub,
+        relay,
+        mut edge,
+    } = Site::start(&["CP-*"]).await;
 
     let mut cp = Charger::connect(edge.url("chargers"), "CP-1").await;
     assert!(csms.wait_connected("CP-1", 1, REPLY).await);
@@ -165,15 +204,7 @@ async fn an_outage_and_a_crash_lose_and_duplicate_nothing() {
 
     // The line comes back: the queue drains.
     relay.set_target(hub.addr("nodes"));
-    let drained = wait_for(Duration::from_secs(30), || {
-        (metric_sum(&edge.metrics(), "ocpp_outbox_queued") == Some(0.0)).then_some(())
-    })
-    .await;
-    assert!(
-        drained.is_some(),
-        "the queue did not drain{}",
-        diagnostics(&[&edge, &hub])
-    );
+    wait_drained(&edge, &hub).await;
 
     let calls: Vec<(String, Value)> = csms
         .calls_of("CP-1")
@@ -224,35 +255,24 @@ async fn an_outage_and_a_crash_lose_and_duplicate_nothing() {
     // record altered is refused, naming that record.
     edge.kill();
     let store = edge.dir.path().join("data").join("node.redb");
-    let (ok, text) = audit_verify(&store);
-    assert!(ok, "audit verify on the edge's log: {text}");
-    let starts: Vec<u64> = audit_records(&store)
+    let out = audit(&["verify"], &store);
+    assert!(
+        out.status.success(),
+        "audit verify on the edge's log: {}",
+        stdout(&out)
+    );
+    let starts: Vec<u64> = show(&store)
         .iter()
-        .filter(|(_, r)| r["kind"] == "node_started")
-        .map(|(i, _)| *i)
+        .filter(|r| r["kind"] == "node_started")
+        .map(|r| r["index"].as_u64().expect("index"))
         .collect();
     assert_eq!(starts.len(), 2, "one node_started per start: {starts:?}");
     let altered = starts[1];
     let copy = edge.dir.path().join("copy.redb");
-    std::fs::copy(&store, &copy).expect("copy the store");
-    {
-        let db = redb::Database::open(&copy).expect("open the copy");
-        let wtx = db.begin_write().expect("write");
-        {
-            let mut table = wtx.open_table(AUDIT_LOG).expect("audit table");
-            let record = table.get(altered).expect("read").expect("record");
-            let text = String::from_utf8(record.value().to_vec()).expect("UTF-8 record");
-            drop(record);
-            let changed = text.replacen("node_started", "node_startee", 1);
-            assert_ne!(changed, text);
-            table
-                .insert(altered, changed.as_bytes())
-                .expect("write back");
-        }
-        wtx.commit().expect("commit");
-    }
-    let (ok, text) = audit_verify(&copy);
-    assert!(!ok, "{text}");
+    alter_record(&store, &copy, altered, "node_started", "node_startee");
+    let out = audit(&["verify"], &copy);
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
     assert!(
         text.starts_with(&format!("broken at record {altered}: ")),
         "expected record {altered} named: {text}"
@@ -264,20 +284,12 @@ async fn an_outage_and_a_crash_lose_and_duplicate_nothing() {
 /// queue goes on.
 #[tokio::test]
 async fn a_message_the_csms_keeps_refusing_becomes_a_dead_letter() {
-    let csms = Csms::start();
-    let hub_dir = tempfile::tempdir().unwrap();
-    let hub = NodeConfig::hub(hub_dir.path(), "hub", &csms.url, "127.0.0.1:0")
-        .timers(timers())
-        .node_peer("edge", &["*"], None)
-        .start(hub_dir);
-    let relay = Relay::start(Some(hub.addr("nodes")));
-    let edge_dir = tempfile::tempdir().unwrap();
-    let edge = NodeConfig::edge(edge_dir.path(), "edge")
-        .timers(timers())
-        .uplink(Uplink::new("hub", &relay.url("/ocpp"), 0))
-        .extra(OUTBOX)
-        .start(edge_dir);
-    wait_uplink_up(&edge, "hub", UP, &[&hub]).await;
+    let Site {
+        csms,
+        hub,
+        relay,
+        edge,
+    } = Site::start(&["*"]).await;
     let mut cp = Charger::connect(edge.url("chargers"), "REFUSE-1").await;
     assert!(csms.wait_connected("REFUSE-1", 1, REPLY).await);
 
@@ -316,15 +328,7 @@ async fn a_message_the_csms_keeps_refusing_becomes_a_dead_letter() {
     )
     .await;
     relay.set_target(hub.addr("nodes"));
-    let drained = wait_for(Duration::from_secs(30), || {
-        (metric_sum(&edge.metrics(), "ocpp_outbox_queued") == Some(0.0)).then_some(())
-    })
-    .await;
-    assert!(
-        drained.is_some(),
-        "the queue did not drain{}",
-        diagnostics(&[&edge, &hub])
-    );
+    wait_drained(&edge, &hub).await;
     assert_eq!(
         metric_sum(&edge.metrics(), "ocpp_outbox_dead_letters"),
         Some(1.0)
@@ -354,20 +358,12 @@ async fn a_message_the_csms_keeps_refusing_becomes_a_dead_letter() {
 /// announces it for the replay, the hub opens its CSMS socket, and closes it once the queue is out.
 #[tokio::test]
 async fn messages_of_a_charger_that_left_are_replayed_without_it() {
-    let csms = Csms::start();
-    let hub_dir = tempfile::tempdir().unwrap();
-    let hub = NodeConfig::hub(hub_dir.path(), "hub", &csms.url, "127.0.0.1:0")
-        .timers(timers())
-        .node_peer("edge", &["*"], None)
-        .start(hub_dir);
-    let relay = Relay::start(Some(hub.addr("nodes")));
-    let edge_dir = tempfile::tempdir().unwrap();
-    let edge = NodeConfig::edge(edge_dir.path(), "edge")
-        .timers(timers())
-        .uplink(Uplink::new("hub", &relay.url("/ocpp"), 0))
-        .extra(OUTBOX)
-        .start(edge_dir);
-    wait_uplink_up(&edge, "hub", UP, &[&hub]).await;
+    let Site {
+        csms,
+        hub,
+        relay,
+        edge,
+    } = Site::start(&["*"]).await;
     let mut cp = Charger::connect(edge.url("chargers"), "CP-GONE").await;
     assert!(csms.wait_connected("CP-GONE", 1, REPLY).await);
     relay.cut();
@@ -409,41 +405,4 @@ async fn messages_of_a_charger_that_left_are_replayed_without_it() {
         "the CSMS socket of the departed charger stays open{}",
         diagnostics(&[&edge, &hub])
     );
-}
-
-const AUDIT_LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit_log");
-
-fn audit(args: &[&str], store: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(common::BIN)
-        .arg("audit")
-        .args(args)
-        .arg("--store")
-        .arg(store)
-        .output()
-        .expect("run ocpp-node audit")
-}
-
-/// (passed, stdout and stderr) of `ocpp-node audit verify`.
-fn audit_verify(store: &std::path::Path) -> (bool, String) {
-    let out = audit(&["verify"], store);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (
-        out.status.success(),
-        text + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-/// (index, record) of every record, through `ocpp-node audit show`.
-fn audit_records(store: &std::path::Path) -> Vec<(u64, Value)> {
-    let out = audit(&["show"], store);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("a record is one JSON line"))
-        .map(|r| (r["index"].as_u64().expect("index"), r))
-        .collect()
 }

@@ -18,6 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+pub mod audit;
 pub mod topology;
 pub const BIN: &str = env!("CARGO_BIN_EXE_ocpp-node");
 
