@@ -29,11 +29,11 @@ const BOOT: TableDefinition<&str, &str> = TableDefinition::new("outbox_boot_stat
 const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox_dead_letters");
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("outbox_counters");
 
-/// One queued message, exactly as it will be sent (apart from the 1.6 id rewrite).
+/// A message as the session hands it to the queue, exactly as it will be sent (apart from the
+/// 1.6 id rewrite).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Entry {
-    pub seq: u64,
+pub struct Message {
     pub charger: String,
     /// The subprotocol the charger spoke when it sent the message.
     pub version: String,
@@ -48,10 +48,27 @@ pub struct Entry {
     /// Messages where only the latest matters (an offline boot, a connector's status): a newer
     /// one replaces the queued one.
     pub coalesce: Option<String>,
-    /// 1.6 StartTransaction: the negative id answered if the charger is answered locally.
-    pub local_tx: Option<i64>,
     /// 0 for a BootNotification (replayed first), 1 otherwise.
     pub priority: u8,
+}
+
+/// One queued message: the message and what the queue gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub seq: u64,
+    /// 1.6 StartTransaction: the negative id answered if the charger is answered locally.
+    pub local_tx: Option<i64>,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+impl std::ops::Deref for Entry {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.message
+    }
 }
 
 impl Entry {
@@ -92,16 +109,9 @@ pub struct DeadLetter {
 /// A message to journal, before it has a sequence number.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    pub charger: String,
-    pub version: String,
-    pub action: String,
-    pub upstream_id: String,
-    pub payload: String,
-    pub dedup: Option<String>,
-    pub coalesce: Option<String>,
+    pub message: Message,
     /// Give the message a local 1.6 transaction id.
     pub wants_local_tx: bool,
-    pub priority: u8,
 }
 
 /// The outcome of [`append`].
@@ -139,7 +149,11 @@ fn counter(wtx: &WriteTransaction, name: &str) -> Result<i64, StoreError> {
 /// Journals one message unless its content key is already known, and unless the queue holds
 /// `max` messages.
 pub fn append(wtx: &WriteTransaction, m: NewMessage, max: u64) -> Result<Appended, StoreError> {
-    let dedup_key = m.dedup.as_ref().map(|k| format!("{}\0{k}", m.charger));
+    let dedup_key = m
+        .message
+        .dedup
+        .as_ref()
+        .map(|k| format!("{}\0{k}", m.message.charger));
     if let Some(key) = &dedup_key {
         let dedup = wtx.open_table(DEDUP)?;
         let seen = dedup.get(key.as_str())?.map(|v| v.value().to_vec());
@@ -148,7 +162,7 @@ pub fn append(wtx: &WriteTransaction, m: NewMessage, max: u64) -> Result<Appende
             match from_json::<Seen>(&bytes)? {
                 Seen::Done { response, .. } => return Ok(Appended::Done(response)),
                 Seen::Queued { seq } => {
-                    if let Some(entry) = find(wtx, &m.charger, seq)? {
+                    if let Some(entry) = find(wtx, &m.message.charger, seq)? {
                         return Ok(Appended::Queued(entry));
                     }
                     // The queued message was settled by a path that kept no answer (a CALLERROR
@@ -174,15 +188,8 @@ pub fn append(wtx: &WriteTransaction, m: NewMessage, max: u64) -> Result<Appende
     drop(counters);
     let entry = Entry {
         seq,
-        charger: m.charger,
-        version: m.version,
-        action: m.action,
-        upstream_id: m.upstream_id,
-        payload: m.payload,
-        dedup: m.dedup,
-        coalesce: m.coalesce,
         local_tx,
-        priority: m.priority,
+        message: m.message,
     };
     let mut replaced = None;
     if let Some(c) = &entry.coalesce {
@@ -406,15 +413,17 @@ mod tests {
 
     fn msg(charger: &str, action: &str, dedup: Option<&str>, coalesce: Option<&str>) -> NewMessage {
         NewMessage {
-            charger: charger.into(),
-            version: "ocpp1.6".into(),
-            action: action.into(),
-            upstream_id: uuid::Uuid::new_v4().to_string(),
-            payload: "{}".into(),
-            dedup: dedup.map(str::to_owned),
-            coalesce: coalesce.map(str::to_owned),
+            message: Message {
+                charger: charger.into(),
+                version: "ocpp1.6".into(),
+                action: action.into(),
+                upstream_id: uuid::Uuid::new_v4().to_string(),
+                payload: "{}".into(),
+                dedup: dedup.map(str::to_owned),
+                coalesce: coalesce.map(str::to_owned),
+                priority: u8::from(action != "BootNotification"),
+            },
             wants_local_tx: action == "StartTransaction",
-            priority: u8::from(action != "BootNotification"),
         }
     }
 

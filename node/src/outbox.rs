@@ -25,90 +25,146 @@ pub enum Class {
     Forward,
 }
 
+/// Which versions a row of the tables below applies to.
+#[derive(Debug, Clone, Copy)]
+enum Versions {
+    V16,
+    V2x,
+    All,
+}
+
+impl Versions {
+    fn include(self, v: OcppVersion) -> bool {
+        match self {
+            Versions::V16 => v.is_v16(),
+            Versions::V2x => !v.is_v16(),
+            Versions::All => true,
+        }
+    }
+}
+
+/// Every CALL the edge treats specially; any other is [`Class::Forward`].
+const CLASSES: &[(&str, Versions, Class)] = &[
+    ("StartTransaction", Versions::V16, Class::Journal),
+    ("StopTransaction", Versions::V16, Class::Journal),
+    (
+        "DiagnosticsStatusNotification",
+        Versions::V16,
+        Class::Journal,
+    ),
+    (
+        "SignedFirmwareStatusNotification",
+        Versions::V16,
+        Class::Journal,
+    ),
+    ("TransactionEvent", Versions::V2x, Class::Journal),
+    ("MeterValues", Versions::All, Class::Journal),
+    ("SecurityEventNotification", Versions::All, Class::Journal),
+    ("FirmwareStatusNotification", Versions::All, Class::Journal),
+    ("LogStatusNotification", Versions::All, Class::Journal),
+    ("BootNotification", Versions::All, Class::OfflineJournal),
+    ("StatusNotification", Versions::All, Class::OfflineJournal),
+    ("Heartbeat", Versions::All, Class::OfflineLocal),
+    ("Authorize", Versions::All, Class::OfflineLocal),
+];
+
 pub fn class(version: OcppVersion, action: &str) -> Class {
-    match action {
-        "StartTransaction"
-        | "StopTransaction"
-        | "DiagnosticsStatusNotification"
-        | "SignedFirmwareStatusNotification"
-            if version.is_v16() =>
-        {
-            Class::Journal
+    CLASSES
+        .iter()
+        .find(|(a, versions, _)| *a == action && versions.include(version))
+        .map_or(Class::Forward, |(_, _, class)| *class)
+}
+
+/// A key made of a prefix and the values at some JSON pointers of the payload.
+type KeyRule = (
+    &'static str,
+    Versions,
+    &'static str,
+    &'static [&'static str],
+);
+
+/// The content keys of §6.3: a charger that re-sends after an edge crash uses a new message id,
+/// so a re-send is recognised by what it says. (action, versions, prefix, fields)
+const CONTENT_KEYS: &[KeyRule] = &[
+    (
+        "StartTransaction",
+        Versions::V16,
+        "start",
+        &["/connectorId", "/idTag", "/timestamp", "/meterStart"],
+    ),
+    (
+        "StopTransaction",
+        Versions::V16,
+        "stop",
+        &["/transactionId", "/timestamp", "/meterStop"],
+    ),
+    (
+        "MeterValues",
+        Versions::V16,
+        "mv",
+        &["/connectorId", "/transactionId", "/meterValue/0/timestamp"],
+    ),
+    (
+        "MeterValues",
+        Versions::V2x,
+        "mv",
+        &["/evseId", "/transactionId", "/meterValue/0/timestamp"],
+    ),
+    (
+        "TransactionEvent",
+        Versions::V2x,
+        "tev",
+        &["/transactionInfo/transactionId", "/seqNo"],
+    ),
+    (
+        "SecurityEventNotification",
+        Versions::All,
+        "sec",
+        &["/type", "/timestamp"],
+    ),
+];
+
+/// Messages of which only the latest is worth replaying, per what they are about.
+const COALESCE_KEYS: &[KeyRule] = &[
+    ("BootNotification", Versions::All, "boot", &[]),
+    (
+        "StatusNotification",
+        Versions::V16,
+        "status",
+        &["/connectorId"],
+    ),
+    (
+        "StatusNotification",
+        Versions::V2x,
+        "status",
+        &["/evseId", "/connectorId"],
+    ),
+];
+
+fn key(rules: &[KeyRule], version: OcppVersion, action: &str, p: &Value) -> Option<String> {
+    let (_, _, prefix, fields) = rules
+        .iter()
+        .find(|(a, versions, ..)| *a == action && versions.include(version))?;
+    let mut key = (*prefix).to_owned();
+    for field in *fields {
+        key.push('\0');
+        match p.pointer(field) {
+            Some(Value::String(s)) => key.push_str(s),
+            None | Some(Value::Null) => {}
+            Some(other) => key.push_str(&other.to_string()),
         }
-        "TransactionEvent" if !version.is_v16() => Class::Journal,
-        "MeterValues"
-        | "SecurityEventNotification"
-        | "FirmwareStatusNotification"
-        | "LogStatusNotification" => Class::Journal,
-        "BootNotification" | "StatusNotification" => Class::OfflineJournal,
-        "Heartbeat" | "Authorize" => Class::OfflineLocal,
-        _ => Class::Forward,
     }
+    Some(key)
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-/// The content key of §6.3: a charger that re-sends after an edge crash uses a new message id,
-/// so a re-send is recognised by what it says. `None`: the message has no such identity.
+/// The content key of a message (§6.3); `None`: the message has no such identity.
 pub fn dedup_key(version: OcppVersion, action: &str, p: &Value) -> Option<String> {
-    let first_ts = |samples: &Value| text(&samples[0]["timestamp"]);
-    Some(match action {
-        "StartTransaction" if version.is_v16() => format!(
-            "start\0{}\0{}\0{}\0{}",
-            text(&p["connectorId"]),
-            text(&p["idTag"]),
-            text(&p["timestamp"]),
-            text(&p["meterStart"])
-        ),
-        "StopTransaction" if version.is_v16() => format!(
-            "stop\0{}\0{}\0{}",
-            text(&p["transactionId"]),
-            text(&p["timestamp"]),
-            text(&p["meterStop"])
-        ),
-        "MeterValues" if version.is_v16() => format!(
-            "mv\0{}\0{}\0{}",
-            text(&p["connectorId"]),
-            text(&p["transactionId"]),
-            first_ts(&p["meterValue"])
-        ),
-        "MeterValues" => format!(
-            "mv\0{}\0\0{}",
-            text(&p["evseId"]),
-            first_ts(&p["meterValue"])
-        ),
-        "TransactionEvent" => format!(
-            "tev\0{}\0{}",
-            text(&p["transactionInfo"]["transactionId"]),
-            text(&p["seqNo"])
-        ),
-        "SecurityEventNotification" => {
-            format!("sec\0{}\0{}", text(&p["type"]), text(&p["timestamp"]))
-        }
-        _ => return None,
-    })
+    key(CONTENT_KEYS, version, action, p)
 }
 
-/// Messages of which only the latest is worth replaying.
+/// The key under which a newer message replaces a queued one.
 pub fn coalesce_key(version: OcppVersion, action: &str, p: &Value) -> Option<String> {
-    match action {
-        "BootNotification" => Some("boot".into()),
-        "StatusNotification" if version.is_v16() => {
-            Some(format!("status\0{}", text(&p["connectorId"])))
-        }
-        "StatusNotification" => Some(format!(
-            "status\0{}\0{}",
-            text(&p["evseId"]),
-            text(&p["connectorId"])
-        )),
-        _ => None,
-    }
+    key(COALESCE_KEYS, version, action, p)
 }
 
 /// What a local answer needs to know besides the request.
@@ -171,51 +227,78 @@ fn down_pointer(action: &str) -> Option<&'static str> {
     }
 }
 
-/// Rewrites the transaction id at `pointer` through `map`; `None` when nothing changes. This is
-/// the one place a forwarded payload is re-serialized (§6.3), and only when an id really maps.
-fn rewrite(payload: &str, pointer: &str, map: impl Fn(i64) -> Option<i64>) -> Option<String> {
-    let mut value: Value = serde_json::from_str(payload).ok()?;
-    let slot = value.pointer_mut(pointer)?;
-    let to = map(slot.as_i64()?)?;
-    *slot = Value::from(to);
-    Some(value.to_string())
+/// A charger's message toward the CSMS after the 1.6 id rewrite.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpRewrite {
+    /// No local id in it: sent as received.
+    Unchanged,
+    /// The local id replaced by the CSMS's.
+    Rewritten(String),
+    /// A local id the CSMS never gave an id for (its Start was not delivered).
+    Unmapped(i64),
 }
+
+/// The transaction id at `pointer`, and a setter that re-serializes the payload with another.
+/// Re-serializing is the one exception to "payloads pass through" (§6.3), and happens only when
+/// an id really maps.
+fn id_at(payload: &str, pointer: &str) -> Option<(Value, i64)> {
+    let value: Value = serde_json::from_str(payload).ok()?;
+    let id = value.pointer(pointer)?.as_i64()?;
+    Some((value, id))
+}
+
+fn with_id(mut value: Value, pointer: &str, id: i64) -> String {
+    if let Some(slot) = value.pointer_mut(pointer) {
+        *slot = Value::from(id);
+    }
+    value.to_string()
+}
+
+/// Most local ↔ CSMS pairs kept per charger: one per transaction the charger may still name,
+/// and a charger has only a few open at once.
+const IDS_PER_CHARGER: usize = 64;
 
 /// The local ↔ CSMS 1.6 transaction ids of the transactions a charger was answered locally.
 #[derive(Debug, Default)]
-pub struct TxIds {
-    up: HashMap<String, HashMap<i64, i64>>,
-    down: HashMap<String, HashMap<i64, i64>>,
-}
+pub struct TxIds(HashMap<String, VecDeque<(i64, i64)>>);
 
 impl TxIds {
+    /// Records a pair; the oldest of the charger's pairs goes beyond [`IDS_PER_CHARGER`].
     pub fn insert(&mut self, charger: &str, local: i64, csms: i64) {
-        self.up
-            .entry(charger.to_owned())
-            .or_default()
-            .insert(local, csms);
-        self.down
-            .entry(charger.to_owned())
-            .or_default()
-            .insert(csms, local);
+        let pairs = self.0.entry(charger.to_owned()).or_default();
+        pairs.retain(|&(l, _)| l != local);
+        if pairs.len() >= IDS_PER_CHARGER {
+            pairs.pop_front();
+        }
+        pairs.push_back((local, csms));
     }
 
-    pub fn csms_id(&self, charger: &str, local: i64) -> Option<i64> {
-        self.up.get(charger)?.get(&local).copied()
+    fn csms_of(&self, charger: &str, local: i64) -> Option<i64> {
+        let pairs = self.0.get(charger)?;
+        pairs.iter().find(|&&(l, _)| l == local).map(|&(_, c)| c)
     }
 
     /// A charger's message toward the CSMS, with its local transaction id replaced.
-    pub fn rewrite_up(&self, charger: &str, action: &str, payload: &str) -> Option<String> {
-        let ids = self.up.get(charger)?;
-        rewrite(payload, up_pointer(action)?, |id| {
-            (id < 0).then(|| ids.get(&id).copied()).flatten()
-        })
+    pub fn rewrite_up(&self, charger: &str, action: &str, payload: &str) -> UpRewrite {
+        let Some(pointer) = up_pointer(action) else {
+            return UpRewrite::Unchanged;
+        };
+        match id_at(payload, pointer) {
+            Some((value, local)) if local < 0 => match self.csms_of(charger, local) {
+                Some(csms) => UpRewrite::Rewritten(with_id(value, pointer, csms)),
+                None => UpRewrite::Unmapped(local),
+            },
+            _ => UpRewrite::Unchanged,
+        }
     }
 
     /// A CSMS CALL toward a charger that knows the transaction under its local id.
     pub fn rewrite_down(&self, charger: &str, action: &str, payload: &str) -> Option<String> {
-        let ids = self.down.get(charger)?;
-        rewrite(payload, down_pointer(action)?, |id| ids.get(&id).copied())
+        let pairs = self.0.get(charger)?;
+        let pointer = down_pointer(action)?;
+        let (value, csms) = id_at(payload, pointer)?;
+        let &(local, _) = pairs.iter().find(|&&(_, c)| c == csms)?;
+        Some(with_id(value, pointer, local))
     }
 }
 
@@ -321,6 +404,13 @@ impl Queues {
         self.by_charger.get_mut(charger)?.front_mut()
     }
 
+    pub fn get(&self, charger: &str, seq: u64) -> Option<&Queued> {
+        self.by_charger
+            .get(charger)?
+            .iter()
+            .find(|q| q.entry.seq == seq)
+    }
+
     pub fn get_mut(&mut self, charger: &str, seq: u64) -> Option<&mut Queued> {
         self.by_charger
             .get_mut(charger)?
@@ -389,12 +479,23 @@ pub fn authorize_status(response: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The idTag of an Authorize request, in either version.
-pub fn authorize_tag(payload: &Value) -> Option<String> {
-    payload["idTag"]
-        .as_str()
-        .or_else(|| payload["idToken"]["idToken"].as_str())
-        .map(str::to_owned)
+/// The idTag of an Authorize request, in either version (1.6 `idTag`, 2.x `idToken.idToken`).
+/// Read with a typed view that skips the other fields: this runs for every Authorize relayed.
+pub fn authorize_tag(payload: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Token {
+        #[serde(rename = "idToken")]
+        id_token: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Request {
+        #[serde(rename = "idTag")]
+        id_tag: Option<String>,
+        #[serde(rename = "idToken")]
+        id_token: Option<Token>,
+    }
+    let r: Request = serde_json::from_str(payload).ok()?;
+    r.id_tag.or(r.id_token.and_then(|t| t.id_token))
 }
 
 /// Most idTags remembered from the CSMS's answers for offline Authorize.
@@ -448,16 +549,26 @@ mod tests {
     fn entry(seq: u64, priority: u8) -> Entry {
         Entry {
             seq,
-            charger: "CP".into(),
-            version: "ocpp1.6".into(),
-            action: "MeterValues".into(),
-            upstream_id: format!("u{seq}"),
-            payload: "{}".into(),
-            dedup: None,
-            coalesce: None,
             local_tx: None,
-            priority,
+            message: crate::journal::Message {
+                charger: "CP".into(),
+                version: "ocpp1.6".into(),
+                action: "MeterValues".into(),
+                upstream_id: format!("u{seq}"),
+                payload: "{}".into(),
+                dedup: None,
+                coalesce: None,
+                priority,
+            },
         }
+    }
+
+    #[test]
+    fn authorize_tags_of_both_versions() {
+        assert_eq!(authorize_tag(r#"{"idTag":"A"}"#).as_deref(), Some("A"));
+        let v2 = r#"{"idToken":{"idToken":"B","type":"ISO14443"},"x":[1]}"#;
+        assert_eq!(authorize_tag(v2).as_deref(), Some("B"));
+        assert_eq!(authorize_tag("{}"), None);
     }
 
     #[test]
@@ -523,20 +634,35 @@ mod tests {
         let mut ids = TxIds::default();
         ids.insert("CP", -3, 1234);
         let stop = r#"{"transactionId":-3,"meterStop":9,"timestamp":"t"}"#;
-        let up = ids.rewrite_up("CP", "StopTransaction", stop).unwrap();
+        let UpRewrite::Rewritten(up) = ids.rewrite_up("CP", "StopTransaction", stop) else {
+            panic!("not rewritten")
+        };
         assert_eq!(
             serde_json::from_str::<Value>(&up).unwrap()["transactionId"],
             1234
         );
         assert_eq!(
             ids.rewrite_up("CP", "StopTransaction", r#"{"transactionId":-9}"#),
-            None
+            UpRewrite::Unmapped(-9)
         );
         assert_eq!(
             ids.rewrite_up("CP", "StopTransaction", r#"{"transactionId":1234}"#),
-            None
+            UpRewrite::Unchanged
         );
-        assert_eq!(ids.rewrite_up("OTHER", "StopTransaction", stop), None);
+        assert_eq!(
+            ids.rewrite_up("OTHER", "StopTransaction", stop),
+            UpRewrite::Unmapped(-3)
+        );
+        for local in 0..IDS_PER_CHARGER as i64 {
+            ids.insert("CP", -100 - local, 5000 + local);
+        }
+        assert_eq!(ids.0["CP"].len(), IDS_PER_CHARGER, "bounded per charger");
+        assert_eq!(
+            ids.rewrite_up("CP", "StopTransaction", stop),
+            UpRewrite::Unmapped(-3),
+            "the oldest pair went"
+        );
+        ids.insert("CP", -3, 1234);
         let down = ids
             .rewrite_down(
                 "CP",

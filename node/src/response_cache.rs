@@ -6,9 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-type Key = (String, String);
-
-/// Most answers kept; beyond it the oldest go first.
+/// Most answers, and most messages in flight, kept; beyond it the oldest answers go first and
+/// new messages are not tracked.
 const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -21,13 +20,32 @@ pub enum Verdict {
     Answered(String),
 }
 
+/// Maps keyed by charger, then by upstream id, so that a lookup borrows its key: the CSMS's
+/// replies are checked here one by one, and most are not for a tracked message.
+type ByCharger<T> = HashMap<String, HashMap<String, T>>;
+
 pub struct ResponseCache {
     retention: Duration,
     in_flight_window: Duration,
-    in_flight: HashMap<Key, Instant>,
-    answered: HashMap<Key, String>,
+    in_flight: ByCharger<Instant>,
+    in_flight_len: usize,
+    answered: ByCharger<String>,
+    answered_len: usize,
     /// Answers in the order they were kept, for expiry.
-    order: VecDeque<(Instant, Key)>,
+    order: VecDeque<(Instant, String, String)>,
+}
+
+fn get<'a, T>(map: &'a ByCharger<T>, charger: &str, id: &str) -> Option<&'a T> {
+    map.get(charger)?.get(id)
+}
+
+fn remove<T>(map: &mut ByCharger<T>, charger: &str, id: &str) -> Option<T> {
+    let ids = map.get_mut(charger)?;
+    let removed = ids.remove(id);
+    if ids.is_empty() {
+        map.remove(charger);
+    }
+    removed
 }
 
 impl ResponseCache {
@@ -39,79 +57,98 @@ impl ResponseCache {
             retention,
             in_flight_window,
             in_flight: HashMap::new(),
+            in_flight_len: 0,
             answered: HashMap::new(),
+            answered_len: 0,
             order: VecDeque::new(),
         }
     }
 
     /// A transaction message from an edge toward the CSMS.
     pub fn on_call(&mut self, charger: &str, id: &str, now: Instant) -> Verdict {
-        let key = (charger.to_owned(), id.to_owned());
-        if let Some(reply) = self.answered.get(&key) {
+        if let Some(reply) = get(&self.answered, charger, id) {
             return Verdict::Answered(reply.clone());
         }
-        if let Some(since) = self.in_flight.get(&key)
-            && now.duration_since(*since) < self.in_flight_window
-        {
-            return Verdict::InFlight;
+        match get(&self.in_flight, charger, id) {
+            Some(since) if now.duration_since(*since) < self.in_flight_window => {
+                return Verdict::InFlight;
+            }
+            Some(_) => {}
+            None if self.in_flight_len >= MAX_ENTRIES => return Verdict::Forward,
+            None => self.in_flight_len += 1,
         }
-        if self.in_flight.len() < MAX_ENTRIES || self.in_flight.contains_key(&key) {
-            self.in_flight.insert(key, now);
-        }
+        self.in_flight
+            .entry(charger.to_owned())
+            .or_default()
+            .insert(id.to_owned(), now);
         Verdict::Forward
     }
 
     /// The CSMS's answer to a charger's CALL; kept only if it answers a tracked message.
     pub fn on_reply(&mut self, charger: &str, id: &str, reply: &str, now: Instant) {
-        if self.in_flight.is_empty() {
+        if remove(&mut self.in_flight, charger, id).is_none() {
             return;
         }
-        let key = (charger.to_owned(), id.to_owned());
-        if self.in_flight.remove(&key).is_none() {
-            return;
-        }
-        while self.answered.len() >= MAX_ENTRIES {
+        self.in_flight_len -= 1;
+        while self.answered_len >= MAX_ENTRIES {
             match self.order.pop_front() {
-                Some((_, old)) => {
-                    self.answered.remove(&old);
-                }
+                Some((_, c, i)) => self.forget_answer(&c, &i),
                 None => break,
             }
         }
-        self.answered.insert(key.clone(), reply.to_owned());
-        self.order.push_back((now, key));
+        let previous = self
+            .answered
+            .entry(charger.to_owned())
+            .or_default()
+            .insert(id.to_owned(), reply.to_owned());
+        if previous.is_none() {
+            self.answered_len += 1;
+        }
+        self.order
+            .push_back((now, charger.to_owned(), id.to_owned()));
+    }
+
+    fn forget_answer(&mut self, charger: &str, id: &str) {
+        if remove(&mut self.answered, charger, id).is_some() {
+            self.answered_len -= 1;
+        }
     }
 
     /// The CSMS refused a message: not kept, so that a retry reaches the CSMS again (a refusal
     /// may be transient, and each one counts toward the edge's attempts).
     pub fn on_error(&mut self, charger: &str, id: &str) {
-        if !self.in_flight.is_empty() {
-            self.in_flight.remove(&(charger.to_owned(), id.to_owned()));
+        if remove(&mut self.in_flight, charger, id).is_some() {
+            self.in_flight_len -= 1;
         }
     }
 
     /// The charger's CSMS socket closed: what it had in flight will never be answered there.
     pub fn csms_closed(&mut self, charger: &str) {
-        self.in_flight.retain(|(c, _), _| c != charger);
+        if let Some(ids) = self.in_flight.remove(charger) {
+            self.in_flight_len -= ids.len();
+        }
     }
 
     pub fn expire(&mut self, now: Instant) {
-        while let Some((at, _)) = self.order.front() {
+        while let Some((at, _, _)) = self.order.front() {
             if now.duration_since(*at) < self.retention {
                 break;
             }
-            if let Some((_, key)) = self.order.pop_front() {
-                self.answered.remove(&key);
+            if let Some((_, charger, id)) = self.order.pop_front() {
+                self.forget_answer(&charger, &id);
             }
         }
         // Kept as long as answers: a late answer is still worth keeping for a replay.
         let retention = self.retention;
-        self.in_flight
-            .retain(|_, since| now.duration_since(*since) < retention);
+        for ids in self.in_flight.values_mut() {
+            ids.retain(|_, since| now.duration_since(*since) < retention);
+        }
+        self.in_flight.retain(|_, ids| !ids.is_empty());
+        self.in_flight_len = self.in_flight.values().map(HashMap::len).sum();
     }
 
     pub fn len(&self) -> usize {
-        self.answered.len() + self.in_flight.len()
+        self.answered_len + self.in_flight_len
     }
 
     pub fn is_empty(&self) -> bool {

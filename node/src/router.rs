@@ -672,10 +672,9 @@ impl Router {
                 let note = match action {
                     "BootNotification" if self.edge.is_some() => Note::Boot,
                     "Heartbeat" if self.edge.is_some() => Note::Heartbeat,
-                    "Authorize" if self.edge.is_some() => serde_json::from_str(payload)
-                        .ok()
-                        .and_then(|p: Value| outbox::authorize_tag(&p))
-                        .map_or(Note::None, Note::Authorize),
+                    "Authorize" if self.edge.is_some() => {
+                        outbox::authorize_tag(payload).map_or(Note::None, Note::Authorize)
+                    }
                     _ => Note::None,
                 };
                 let upstream = self.ids.next();
@@ -1646,20 +1645,30 @@ impl Router {
 
     /// Answers a charger's CALL for a queued message on the edge's own authority: the message
     /// is on disk, so the charger may forget it.
-    fn answer_locally(&mut self, waiter: &Waiter, entry: &journal::Entry) {
+    fn answer_locally(&mut self, waiter: &Waiter, charger: &str, seq: u64) {
+        self.answer_locally_from(waiter, charger, seq, None);
+    }
+
+    /// Like [`Router::answer_locally`]; `fallback` is the stored entry, for a re-send of a
+    /// message the memory no longer holds.
+    fn answer_locally_from(
+        &mut self,
+        waiter: &Waiter,
+        charger: &str,
+        seq: u64,
+        fallback: Option<&journal::Entry>,
+    ) {
+        let queued = self.edge.as_ref().and_then(|e| e.queues.get(charger, seq));
+        let Some(entry) = queued.map(|q| &q.entry).or(fallback) else {
+            return;
+        };
         let version = entry.version.parse().unwrap_or(OcppVersion::V16);
         let payload: Value = serde_json::from_str(&entry.payload).unwrap_or(Value::Null);
-        let answer = self.local_answer(
-            &entry.charger,
-            version,
-            &entry.action,
-            &payload,
-            entry.local_tx,
-        );
+        let answer = self.local_answer(charger, version, &entry.action, &payload, entry.local_tx);
         if let Some(q) = self
             .edge
             .as_mut()
-            .and_then(|e| e.queues.get_mut(&entry.charger, entry.seq))
+            .and_then(|e| e.queues.get_mut(charger, seq))
         {
             q.answered_locally = true;
         }
@@ -1678,29 +1687,30 @@ impl Router {
         let Some(edge) = &mut self.edge else {
             return;
         };
-        let entry = match appended {
+        let (charger, seq, stored) = match appended {
             Appended::New { entry, replaced } => {
                 if let Some(old) = replaced {
                     edge.queues.remove_idle(&entry.charger, old);
                 }
-                edge.queues.push(entry.clone());
+                let key = (entry.charger.clone(), entry.seq);
+                edge.queues.push(entry);
                 self.node
                     .metrics
                     .outbox_queued
                     .set(edge.queues.len() as i64);
-                entry
+                (key.0, key.1, None)
             }
-            Appended::Queued(entry) => entry,
+            Appended::Queued(entry) => (entry.charger.clone(), entry.seq, Some(entry)),
             // The session answers these itself.
             Appended::Done(_) | Appended::Full => return,
         };
         let uplink = self.uplink.is_some();
-        let head = edge.queues.head_mut(&entry.charger);
+        let head = edge.queues.head_mut(&charger);
         match head {
-            Some(q) if q.entry.seq == entry.seq => match q.state {
+            Some(q) if q.entry.seq == seq => match q.state {
                 SendState::Idle if uplink && q.retry_at.is_none_or(|t| t <= now) => {
                     q.waiter = Some(waiter);
-                    self.to_pump.push(entry.charger.clone());
+                    self.to_pump.push(charger);
                 }
                 SendState::InFlight { .. } | SendState::Settling => {
                     // A re-send of the message on its way: the charger gets the CSMS's answer.
@@ -1709,9 +1719,11 @@ impl Router {
                         self.call_settled(old.link);
                     }
                 }
-                SendState::Idle => self.answer_locally(&waiter, &entry),
+                SendState::Idle => {
+                    self.answer_locally_from(&waiter, &charger, seq, stored.as_ref())
+                }
             },
-            _ => self.answer_locally(&waiter, &entry),
+            _ => self.answer_locally_from(&waiter, &charger, seq, stored.as_ref()),
         }
     }
 
@@ -1741,16 +1753,20 @@ impl Router {
         };
         q.retry_at = None;
         let entry = q.entry.clone();
-        let payload = if entry.version == OcppVersion::V16.subprotocol() {
+        let rewrite = if entry.version == OcppVersion::V16.subprotocol() {
             edge.tx_ids
                 .rewrite_up(charger, &entry.action, &entry.payload)
-                .unwrap_or_else(|| entry.payload.clone())
         } else {
-            entry.payload.clone()
+            outbox::UpRewrite::Unchanged
         };
-        if entry.payload.contains("\"transactionId\":-") && payload == entry.payload {
-            tracing::warn!(charger, action = %entry.action, "a local transaction id has no CSMS id; sent as it is");
-        }
+        let payload = match rewrite {
+            outbox::UpRewrite::Rewritten(payload) => payload,
+            outbox::UpRewrite::Unchanged => entry.payload.clone(),
+            outbox::UpRewrite::Unmapped(local) => {
+                tracing::warn!(charger, action = %entry.action, local, "a local transaction id has no CSMS id (its Start was not delivered); sent as it is");
+                entry.payload.clone()
+            }
+        };
         let Ok(raw) = serde_json::value::RawValue::from_string(payload) else {
             return;
         };
@@ -1781,7 +1797,7 @@ impl Router {
                 q.retry_at = Some(now + retry);
                 // Not going up now: the waiting charger is answered from the disk copy.
                 if let Some(w) = q.waiter.take() {
-                    self.answer_locally(&w, &entry);
+                    self.answer_locally(&w, charger, entry.seq);
                 }
             }
         }
@@ -1886,10 +1902,9 @@ impl Router {
                 tracing::info!(charger = %charger, "queued message not delivered on this try; it is sent again");
                 q.state = SendState::Idle;
                 q.retry_at = Some(now + retry);
-                let waiter = q.waiter.take();
-                let entry = q.entry.clone();
+                let (waiter, seq) = (q.waiter.take(), q.entry.seq);
                 if let Some(w) = waiter {
-                    self.answer_locally(&w, &entry);
+                    self.answer_locally(&w, &charger, seq);
                 }
                 return;
             }
@@ -2049,12 +2064,12 @@ impl Router {
                 q.state = SendState::Idle;
                 q.retry_at = None;
                 if let Some(w) = q.waiter.take() {
-                    waiting.push((w, q.entry.clone()));
+                    waiting.push((w, q.entry.charger.clone(), q.entry.seq));
                 }
             }
         }
-        for (w, entry) in waiting {
-            self.answer_locally(&w, &entry);
+        for (w, charger, seq) in waiting {
+            self.answer_locally(&w, &charger, seq);
         }
     }
 
@@ -2072,7 +2087,7 @@ impl Router {
                     q.state = SendState::Idle;
                     q.retry_at = Some(now + retry);
                     if let Some(w) = q.waiter.take() {
-                        waiting.push((w, q.entry.clone()));
+                        waiting.push((w, q.entry.charger.clone(), q.entry.seq));
                     }
                 }
                 SendState::Idle if q.retry_at.is_none_or(|t| t <= now) => {
@@ -2081,9 +2096,9 @@ impl Router {
                 _ => {}
             }
         }
-        for (w, entry) in waiting {
-            tracing::info!(charger = %entry.charger, action = %entry.action, "no answer from the CSMS in time; answered here, sent again later");
-            self.answer_locally(&w, &entry);
+        for (w, charger, seq) in waiting {
+            tracing::info!(charger = %charger, "no answer from the CSMS in time; answered here, sent again later");
+            self.answer_locally(&w, &charger, seq);
         }
         for charger in due {
             self.outbox_pump(&charger, now).await;

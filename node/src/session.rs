@@ -380,15 +380,17 @@ impl Session {
             return Journal::No;
         };
         let message = journal::NewMessage {
-            charger: self.charger_id.clone(),
-            version: self.version.subprotocol().to_owned(),
-            action: action.to_owned(),
-            upstream_id: uuid::Uuid::new_v4().hyphenated().to_string(),
-            payload: payload.to_owned(),
-            dedup: outbox::dedup_key(self.version, action, parsed),
-            coalesce: outbox::coalesce_key(self.version, action, parsed),
+            message: journal::Message {
+                charger: self.charger_id.clone(),
+                version: self.version.subprotocol().to_owned(),
+                action: action.to_owned(),
+                upstream_id: uuid::Uuid::new_v4().hyphenated().to_string(),
+                payload: payload.to_owned(),
+                dedup: outbox::dedup_key(self.version, action, parsed),
+                coalesce: outbox::coalesce_key(self.version, action, parsed),
+                priority: u8::from(action != "BootNotification"),
+            },
             wants_local_tx: self.version.is_v16() && action == "StartTransaction",
-            priority: u8::from(action != "BootNotification"),
         };
         let max = self.node.config.outbox.max_messages;
         match self
