@@ -1,29 +1,27 @@
 //! The ocpp-node daemon as a library: every module of the binary, so that integration tools
 //! (the config-parser fuzz target) can drive the same code the daemon runs.
+//!
+//! Layers, each depending only on those above it:
+//! * `core` (bus types, store, metrics, ids, identity key) and `config` (pure parsing and
+//!   checks; `config::files` is the start-up step that reads what a config names);
+//! * `validate`, `local`, `edge`, `hub`: what the node decides about frames, as engine stages,
+//!   local handlers and sub-state machines, without I/O;
+//! * `engine`: the sans-IO forwarding core those plug into;
+//! * `net` (TLS, handshakes, dialling), `conn` (the link loop, one per WebSocket), `driver`
+//!   (runs the engine on tokio), `admin`, `audit`, `cli`;
+//! * `app`: the composition root that builds a role from these parts.
 
 pub mod admin;
+pub mod app;
 pub mod audit;
-pub mod auth;
+pub mod cli;
 pub mod config;
-pub mod csms_connector;
-pub mod dial;
-pub mod handshake;
-pub mod ip_guard;
-pub mod journal;
-pub mod listener;
-pub mod local_csms;
-pub mod metrics;
-pub mod outbox;
-pub mod overlay_link;
-pub mod response_cache;
-pub mod router;
-pub mod schema;
-pub mod secrets;
-pub mod session;
-pub mod small_file;
-pub mod state;
-pub mod status;
-pub mod store;
-pub mod tls;
-pub mod transactions;
-pub mod uplink;
+pub mod conn;
+pub mod core;
+pub mod driver;
+pub mod edge;
+pub mod engine;
+pub mod hub;
+pub mod local;
+pub mod net;
+pub mod validate;

@@ -5,17 +5,19 @@
 //! and records transactions in its store file.
 
 use std::io::{BufRead as _, Write as _};
+use std::path::Path;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
-use ocpp_node::config::Config;
-use ocpp_node::state::Node;
-use ocpp_node::{
-    admin, audit, auth, journal, listener, metrics, router, secrets, status, store, uplink,
-};
+use ocpp_node::app::{self, STORE_FILE};
+use ocpp_node::audit;
+use ocpp_node::cli::status;
+use ocpp_node::config::files::{self, Loaded};
+use ocpp_node::config::{Config, ConfigError};
+use ocpp_node::core::store;
+use ocpp_node::net::password;
 
 #[derive(Parser)]
 #[command(
@@ -91,19 +93,13 @@ impl StoreArg {
         match (&self.store, &self.config) {
             (Some(store), _) => Ok(store.clone()),
             (None, Some(config)) => {
-                let config = Config::load(config).map_err(|errors| {
-                    let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
-                    anyhow::anyhow!("{}: invalid config:\n{}", config.display(), list.join("\n"))
-                })?;
+                let config = Config::load(config).map_err(|errors| invalid(config, &errors))?;
                 Ok(config.node.data_dir.join(STORE_FILE))
             }
             (None, None) => bail!("give --store FILE or --config FILE"),
         }
     }
 }
-
-/// The store's file name inside `node.data_dir`.
-const STORE_FILE: &str = "node.redb";
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -128,7 +124,7 @@ fn main() -> anyhow::Result<()> {
             }
             println!(
                 "{}",
-                auth::hash_password(password).map_err(anyhow::Error::msg)?
+                password::hash_password(password).map_err(anyhow::Error::msg)?
             );
             Ok(())
         }
@@ -141,7 +137,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn audit_verify(path: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<()> {
+fn audit_verify(path: &Path, public_key: Option<&str>) -> anyhow::Result<()> {
     let key = match public_key {
         Some(hex) => match audit::unhex(hex.trim()) {
             Some(k) if k.len() == 32 => Some(k),
@@ -183,7 +179,7 @@ fn audit_verify(path: &std::path::Path, public_key: Option<&str>) -> anyhow::Res
     }
 }
 
-fn audit_show(path: &std::path::Path) -> anyhow::Result<()> {
+fn audit_show(path: &Path) -> anyhow::Result<()> {
     let opened = audit::open_store(path)?;
     let records = audit::records(&opened.begin_read()?)?;
     let mut out = std::io::stdout().lock();
@@ -195,8 +191,15 @@ fn audit_show(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    match Config::load(file) {
+fn invalid(path: &Path, errors: &[ConfigError]) -> anyhow::Error {
+    let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+    anyhow::anyhow!("{}: invalid config:\n{}", path.display(), list.join("\n"))
+}
+
+/// `check-config` runs the same start-up step as `run` (the files the config names are read
+/// too), so a config it calls valid starts.
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    match files::load(file) {
         Ok(_) => {
             println!("{}: config is valid", file.display());
             Ok(())
@@ -219,16 +222,13 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = match &config_path {
-        Some(path) => Config::load(path).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
-            anyhow::anyhow!("{}: invalid config:\n{}", path.display(), list.join("\n"))
-        })?,
+    let (config, files) = match &config_path {
+        Some(path) => files::load(path).map_err(|errors| invalid(path, &errors))?,
         None => {
             tracing::info!(
                 "no --config given: running as a standalone local controller with the embedded default"
             );
-            Config::embedded_default()
+            (Config::embedded_default(), Loaded::default())
         }
     };
     let data_dir = &config.node.data_dir;
@@ -244,7 +244,7 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(config, store.clone()));
+    let result = runtime.block_on(app::serve(config, files, store.clone()));
     // Shutting the runtime down drops every task and with them the other store handles; closing
     // the last one then waits for the writer, so the file is closed cleanly and needs no repair
     // at the next start or for `audit verify`. A blocking task that outlives the timeout keeps
@@ -253,133 +253,4 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     store.close();
     result
-}
-
-async fn serve(config: Config, store: store::Store) -> anyhow::Result<()> {
-    let data_dir = &config.node.data_dir;
-    let secrets = match &config.node.secrets_file {
-        Some(path) => secrets::Secrets::load(path)?,
-        None => secrets::Secrets::default(),
-    };
-    let (key, created) =
-        audit::NodeKey::load_or_create(config.node.identity_key_file.as_deref(), data_dir)?;
-    // The public half only: it is what a verifier of the signed audit head needs.
-    tracing::info!(
-        public_key = %key.public_hex(),
-        file = %key.path().display(),
-        "node identity key {}",
-        if created { "generated" } else { "loaded" }
-    );
-    let metrics = metrics::Metrics::new()?;
-    let options = audit::Options {
-        node_id: config.node.id.clone(),
-        role: config.node.role.as_str(),
-        config_sha256: audit::config_sha256(&config),
-        report_interval: std::time::Duration::from_secs(config.audit.report_interval_s),
-        key_created: created,
-    };
-    let (audit_log, audit_task) = audit::start(store.clone(), Arc::new(key), options, &metrics)
-        .await
-        .context("cannot write the security event log")?;
-    let overlay = config.is_overlay();
-    let (router_tx, router_rx) = tokio::sync::mpsc::channel(4096);
-    let node = Arc::new(Node::new(
-        config,
-        secrets,
-        store,
-        metrics,
-        audit_log,
-        overlay.then_some(router_tx),
-    ));
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(audit_task);
-    if overlay {
-        let mut router = router::Router::new(node.clone());
-        if node.keeps_outbox() {
-            let loaded = node
-                .store
-                .read(journal::load)
-                .await
-                .context("cannot read the durable outbound queue from the store")?;
-            router.load_outbox(loaded);
-        }
-        tasks.spawn(async move {
-            router.run(router_rx).await;
-            tracing::error!("router stopped");
-        });
-        if !node.config.uplink.is_empty() {
-            let node = node.clone();
-            tasks.spawn(uplink::run(node));
-        }
-    }
-
-    let mut infos = Vec::new();
-    for cfg in node.config.listener.clone() {
-        if cfg.security_profile == 0 {
-            tracing::warn!(
-                listener = %cfg.name,
-                "SECURITY PROFILE 0: chargers on this listener connect WITHOUT authentication; use profile 1+ outside a lab"
-            );
-        }
-        let (info, accept_loop) = listener::bind(node.clone(), cfg).await?;
-        tasks.spawn(accept_loop);
-        infos.push(info);
-    }
-    let mut ready = Vec::new();
-    for info in &infos {
-        ready.push(format!("listening {} {}", info.name, info.url));
-    }
-    let admin = node.config.admin.clone();
-    if admin.enabled {
-        let socket = tokio::net::TcpListener::bind(admin.bind)
-            .await
-            .with_context(|| format!("admin API cannot bind {}", admin.bind))?;
-        ready.push(format!("listening admin http://{}", socket.local_addr()?));
-        let router = admin::router(node.clone());
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(socket, router).await {
-                tracing::error!(error = %e, "admin API stopped");
-            }
-        });
-    }
-    let _ = node.listeners.set(infos.clone());
-
-    // The machine-readable lines first (tests and scripts wait for them), then the human hint.
-    let mut out = std::io::stdout().lock();
-    for line in &ready {
-        writeln!(out, "{line}")?;
-    }
-    for info in &infos {
-        let url = match info.url.strip_prefix("ws://0.0.0.0") {
-            Some(rest) => format!("ws://<this-host-address>{rest}"),
-            None => info.url.clone(),
-        };
-        writeln!(out, "point chargers at {url}/<chargerId>")?;
-    }
-    out.flush()?;
-    drop(out);
-
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-        _ = terminate() => tracing::info!("terminated; shutting down"),
-        Some(_) = tasks.join_next() => bail!("a listener, the router or the audit log stopped unexpectedly"),
-    }
-    // The last records and a signed head that covers them, so the log ends where the node did.
-    node.audit.stop().await;
-    Ok(())
-}
-
-#[cfg(unix)]
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn terminate() {
-    std::future::pending().await
 }

@@ -1,0 +1,188 @@
+//! The composition root: the one place that knows which parts a role is made of. It builds the
+//! engine with its stages and handlers for the configured role, starts the driver, the
+//! uplink dialer, the listeners and the admin API, and runs until a signal or a failure.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+
+use crate::audit;
+use crate::config::Config;
+use crate::config::files::Loaded;
+use crate::core::identity::NodeKey;
+use crate::core::metrics::Metrics;
+use crate::core::node::Node;
+use crate::core::store::Store;
+use crate::driver::Driver;
+use crate::edge::journal;
+use crate::edge::outbox::Outbox;
+use crate::engine::{Engine, Scope, Settings};
+use crate::hub::Presence;
+use crate::local::authorize::Authorizer;
+use crate::local::csms::LocalCsms;
+use crate::validate::{Busy, Validate};
+use crate::{admin, conn, net};
+
+/// The store's file name inside `node.data_dir`.
+pub const STORE_FILE: &str = "node.redb";
+/// Events that connections may queue for the engine before they wait (backpressure).
+const EVENT_QUEUE: usize = 4096;
+
+pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::Result<()> {
+    let data_dir = &config.node.data_dir;
+    let (key, created) = match files.identity_key.take() {
+        Some(key) => (key, false),
+        None => NodeKey::load_or_create(None, data_dir)?,
+    };
+    // The public half only: it is what a verifier of the signed audit head needs.
+    tracing::info!(
+        public_key = %key.public_hex(),
+        file = %key.path().display(),
+        "node identity key {}",
+        if created { "generated" } else { "loaded" }
+    );
+    let metrics = Arc::new(Metrics::new()?);
+    let options = audit::Options {
+        node_id: config.node.id.clone(),
+        role: config.node.role.as_str(),
+        config_sha256: audit::config_sha256(&config),
+        report_interval: std::time::Duration::from_secs(config.audit.report_interval_s),
+        key_created: created,
+    };
+    let (audit_log, audit_task) = audit::start(store.clone(), Arc::new(key), options, &metrics)
+        .await
+        .context("cannot write the security event log")?;
+    let (events, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    let node = Arc::new(Node::new(config, files, store, metrics, audit_log, events));
+    let engine = engine_for(&node).await?;
+    tracing::info!(stages = ?engine.stage_names(), "engine ready");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(audit_task);
+    let driver = Driver::new(engine, node.clone());
+    tasks.spawn(async move {
+        driver.run(events_rx).await;
+        tracing::error!("engine stopped");
+    });
+    if !node.config.uplink.is_empty() {
+        tasks.spawn(conn::uplink::run(node.clone()));
+    }
+
+    let mut infos = Vec::new();
+    for (index, cfg) in node.config.listener.iter().enumerate() {
+        if cfg.security_profile == 0 {
+            tracing::warn!(
+                listener = %cfg.name,
+                "SECURITY PROFILE 0: chargers on this listener connect WITHOUT authentication; use profile 1+ outside a lab"
+            );
+        }
+        let (info, accept_loop) = net::listener::bind(node.clone(), index).await?;
+        tasks.spawn(accept_loop);
+        infos.push(info);
+    }
+    let mut ready: Vec<String> = infos
+        .iter()
+        .map(|i| format!("listening {} {}", i.name, i.url))
+        .collect();
+    let admin = node.config.admin.clone();
+    if admin.enabled {
+        let socket = tokio::net::TcpListener::bind(admin.bind)
+            .await
+            .with_context(|| format!("admin API cannot bind {}", admin.bind))?;
+        ready.push(format!("listening admin http://{}", socket.local_addr()?));
+        let router = admin::router(node.clone());
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(socket, router).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
+    let _ = node.listeners.set(infos.clone());
+
+    // The machine-readable lines first (tests and scripts wait for them), then the human hint.
+    let mut out = std::io::stdout().lock();
+    for line in &ready {
+        writeln!(out, "{line}")?;
+    }
+    for info in &infos {
+        let url = match info.url.strip_prefix("ws://0.0.0.0") {
+            Some(rest) => format!("ws://<this-host-address>{rest}"),
+            None => info.url.clone(),
+        };
+        writeln!(out, "point chargers at {url}/<chargerId>")?;
+    }
+    out.flush()?;
+    drop(out);
+
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = terminate() => tracing::info!("terminated; shutting down"),
+        Some(_) = tasks.join_next() => bail!("a listener, the engine or the audit log stopped unexpectedly"),
+    }
+    // The last records and a signed head that covers them, so the log ends where the node did.
+    node.audit.stop().await;
+    Ok(())
+}
+
+/// The engine of this node's role. Ingress stage order: validation, the busy limit, then (an
+/// edge with an uplink) the durable outbox, which must see only frames that will be forwarded.
+async fn engine_for(node: &Arc<Node>) -> anyhow::Result<Engine> {
+    let config = &node.config;
+    let settings = Settings::from_config(config);
+    let limits = settings.limits;
+    let mut engine = Engine::new(settings, node.metrics.clone());
+    engine.add_stage(Box::new(Validate::new(node.schemas.clone())));
+    engine.add_stage(Box::new(Busy));
+    if let Some(hub) = &config.hub {
+        let o = &config.overlay;
+        engine = engine.with_hub(Presence::new(
+            node.conn_ids.clone(),
+            std::time::Duration::from_secs(o.csms_grace_s),
+            std::time::Duration::from_secs(o.request_timeout_s),
+            limits,
+        ));
+        tracing::debug!(csms = %hub.csms_url, "serving the CSMS side");
+    } else if !config.uplink.is_empty() {
+        let loaded = node
+            .store
+            .read(journal::load)
+            .await
+            .context("cannot read the durable outbound queue from the store")?;
+        engine.add_stage(Box::new(Outbox::new(
+            config.outbox.clone(),
+            Authorizer::new(config.auth.clone()),
+            std::time::Duration::from_secs(config.overlay.request_timeout_s),
+            node.metrics.clone(),
+            loaded,
+        )));
+    } else {
+        // A standalone local controller is the CSMS itself.
+        let csms = Arc::new(LocalCsms::new(
+            node.store.clone(),
+            node.metrics.clone(),
+            node.schemas.clone(),
+            Authorizer::new(config.auth.clone()),
+            u64::from(config.local_csms.heartbeat_interval_s),
+        ));
+        engine
+            .handlers_mut()
+            .register_fallback(Scope::Csms, Arc::new(csms));
+    }
+    Ok(engine)
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending().await
+}

@@ -1,0 +1,887 @@
+//! The engine without sockets: engines are fed inputs and their actions are carried out by an
+//! in-memory network. Overlay links between engines are wired together (what one sends, the
+//! other reads), plain links (chargers, the hub's CSMS sockets) collect what is written to
+//! them, store jobs run against a real redb file, local handlers run to completion, and time
+//! only moves when a test says so.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use routing::{AllowList, LinkId};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
+use wire::{MessageType, OcppVersion, Route};
+
+use super::*;
+use crate::config::{AuthConfig, OutboxConfig};
+use crate::core::metrics::Metrics;
+use crate::edge::journal;
+use crate::edge::outbox::Outbox;
+use crate::hub::Presence;
+use crate::local::authorize::Authorizer;
+use crate::validate::schema::SchemaRegistry;
+use crate::validate::{Busy, Validate};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const GRACE: Duration = Duration::from_secs(10);
+
+fn settings(own: &str, owns_csms: bool) -> Settings {
+    Settings {
+        own_id: own.to_owned(),
+        hop_limit: 8,
+        owns_csms,
+        request_timeout: REQUEST_TIMEOUT,
+        announce_ttl: Duration::from_secs(300),
+        csms_grace: GRACE,
+        allow_move: false,
+        limits: wire::Limits::default(),
+    }
+}
+
+fn metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::new().expect("metrics"))
+}
+
+fn plain_stages(engine: &mut Engine) {
+    engine.add_stage(Box::new(Validate::new(Arc::new(SchemaRegistry::new()))));
+    engine.add_stage(Box::new(Busy));
+}
+
+fn edge(own: &str) -> Engine {
+    let mut e = Engine::new(settings(own, false), metrics());
+    plain_stages(&mut e);
+    e
+}
+
+fn edge_with_outbox(own: &str) -> Engine {
+    let mut e = edge(own);
+    e.add_stage(Box::new(Outbox::new(
+        OutboxConfig::default(),
+        Authorizer::new(AuthConfig::default()),
+        REQUEST_TIMEOUT,
+        metrics(),
+        journal::Loaded::default(),
+    )));
+    e
+}
+
+fn hub(own: &str) -> Engine {
+    let presence = Presence::new(
+        Arc::new(AtomicU64::new(1_000_000)),
+        GRACE,
+        REQUEST_TIMEOUT,
+        wire::Limits::default(),
+    );
+    let mut e = Engine::new(settings(own, true), metrics()).with_hub(presence);
+    plain_stages(&mut e);
+    e
+}
+
+/// A plain link's side of the conversation.
+type At = (usize, LinkId);
+
+struct Net {
+    nodes: Vec<Engine>,
+    ids: Vec<String>,
+    /// Overlay links wired between engines.
+    wires: HashMap<At, At>,
+    /// Text written to plain links, in order.
+    written: HashMap<At, Vec<String>>,
+    /// Binary frames written to overlay links nobody is wired to (a test's own peer).
+    binary: HashMap<At, Vec<Vec<u8>>>,
+    /// Overlay text written to unwired overlay links.
+    overlay: HashMap<At, Vec<String>>,
+    /// Hub CSMS sockets: charger → link, while open.
+    csms: HashMap<(usize, String), LinkId>,
+    closed_csms: Vec<(usize, String)>,
+    closed: Vec<(At, String)>,
+    done: HashMap<(usize, u64), CallOutcome>,
+    security: Vec<(usize, &'static str)>,
+    /// Open the CSMS socket at once when the engine asks (else it stays "connecting").
+    csms_accepts: bool,
+    db: redb::Database,
+    _dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    now: Instant,
+    next_token: u64,
+}
+
+impl Net {
+    fn new(nodes: Vec<(&str, Engine)>) -> Net {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("node.redb")).expect("db");
+        Net {
+            ids: nodes.iter().map(|(id, _)| (*id).to_owned()).collect(),
+            nodes: nodes.into_iter().map(|(_, e)| e).collect(),
+            wires: HashMap::new(),
+            written: HashMap::new(),
+            binary: HashMap::new(),
+            overlay: HashMap::new(),
+            csms: HashMap::new(),
+            closed_csms: Vec::new(),
+            closed: Vec::new(),
+            done: HashMap::new(),
+            security: Vec::new(),
+            csms_accepts: true,
+            db,
+            _dir: dir,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime"),
+            now: Instant::now(),
+            next_token: 1,
+        }
+    }
+
+    fn remote() -> std::net::SocketAddr {
+        "127.0.0.1:9".parse().expect("addr")
+    }
+
+    /// Node `a` dials node `b` (its uplink); the link is `link` on both sides.
+    fn connect(&mut self, a: usize, b: usize, link: u64) {
+        let link = LinkId(link);
+        self.wires.insert((a, link), (b, link));
+        self.wires.insert((b, link), (a, link));
+        let (ia, ib) = (self.ids[a].clone(), self.ids[b].clone());
+        // The accepting side knows the link before the dialler's first frame reaches it.
+        let accepted = Peer::Node {
+            peer: ia,
+            allow: AllowList::any(),
+            uplink: None,
+            remote: Net::remote(),
+        };
+        self.nodes[b].handle(
+            Input::Up {
+                link,
+                peer: accepted,
+            },
+            self.now,
+        );
+        let dialled = Peer::Node {
+            peer: ib,
+            allow: AllowList::any(),
+            uplink: Some("up".into()),
+            remote: Net::remote(),
+        };
+        self.input(
+            a,
+            Input::Up {
+                link,
+                peer: dialled,
+            },
+        );
+    }
+
+    fn disconnect(&mut self, a: usize, b: usize, link: u64) {
+        let link = LinkId(link);
+        self.wires.remove(&(a, link));
+        self.wires.remove(&(b, link));
+        self.input(a, Input::Down { link });
+        self.input(b, Input::Down { link });
+    }
+
+    /// A test's own overlay peer, inbound on node `n`.
+    fn peer(&mut self, n: usize, link: u64, id: &str) {
+        let peer = Peer::Node {
+            peer: id.to_owned(),
+            allow: AllowList::any(),
+            uplink: None,
+            remote: Net::remote(),
+        };
+        self.input(
+            n,
+            Input::Up {
+                link: LinkId(link),
+                peer,
+            },
+        );
+    }
+
+    fn charger(&mut self, n: usize, link: u64, id: &str, version: OcppVersion) {
+        let peer = Peer::Charger {
+            id: id.to_owned(),
+            version,
+            max_pending: 4,
+        };
+        self.input(
+            n,
+            Input::Up {
+                link: LinkId(link),
+                peer,
+            },
+        );
+    }
+
+    /// A text frame read from `link` of node `n`.
+    fn text(&mut self, n: usize, link: u64, text: &str) {
+        let text = Utf8Bytes::from(text.to_owned());
+        self.input(
+            n,
+            Input::Text {
+                link: LinkId(link),
+                text,
+            },
+        );
+    }
+
+    /// Node `n`'s CSMS writes on the charger's socket.
+    fn csms_says(&mut self, n: usize, charger: &str, text: &str) {
+        let link = self.csms[&(n, charger.to_owned())];
+        self.text(n, link.0, text);
+    }
+
+    fn call(&mut self, n: usize, call: NodeCall) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.input(
+            n,
+            Input::Call {
+                token: Token(token),
+                call,
+            },
+        );
+        token
+    }
+
+    fn input(&mut self, n: usize, input: Input) {
+        self.nodes[n].handle(input, self.now);
+        self.pump();
+    }
+
+    /// Carries out every action until the network is quiet; an engine is told it is idle
+    /// whenever nothing is queued for it, as the driver does.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut inputs: Vec<(usize, Input)> = Vec::new();
+            for n in 0..self.nodes.len() {
+                self.nodes[n].idle(self.now);
+                while let Some(action) = self.nodes[n].poll_action() {
+                    self.act(n, action, &mut inputs);
+                }
+            }
+            if inputs.is_empty() {
+                return;
+            }
+            for (n, input) in inputs {
+                self.nodes[n].handle(input, self.now);
+            }
+        }
+        panic!("the network never became quiet");
+    }
+
+    fn act(&mut self, n: usize, action: Action, inputs: &mut Vec<(usize, Input)>) {
+        match action {
+            Action::Send { link, out, .. } => match (self.wires.get(&(n, link)), out) {
+                (Some(&(m, l)), Outbound::Text(text)) => inputs.push((
+                    m,
+                    Input::Text {
+                        link: l,
+                        text: text.into(),
+                    },
+                )),
+                (Some(&(m, l)), Outbound::Binary { bytes, .. }) => {
+                    inputs.push((m, Input::Binary { link: l, bytes }))
+                }
+                (None, Outbound::Text(text)) => {
+                    if self.is_overlay(n, link) {
+                        self.overlay.entry((n, link)).or_default().push(text)
+                    } else {
+                        self.written.entry((n, link)).or_default().push(text)
+                    }
+                }
+                (None, Outbound::Binary { bytes, .. }) => self
+                    .binary
+                    .entry((n, link))
+                    .or_default()
+                    .push(bytes.to_vec()),
+            },
+            Action::Close { link, reason } => self.closed.push(((n, link), reason)),
+            Action::OpenCsms { link, charger, .. } => {
+                self.csms.insert((n, charger), link);
+                if self.csms_accepts {
+                    inputs.push((n, Input::CsmsOpen { link }));
+                }
+            }
+            Action::CloseCsms { link } => {
+                let charger = self
+                    .csms
+                    .iter()
+                    .find(|(_, l)| **l == link)
+                    .map(|((_, c), _)| c.clone());
+                if let Some(c) = charger {
+                    self.csms.remove(&(n, c.clone()));
+                    self.closed_csms.push((n, c));
+                }
+            }
+            Action::Persist { token, job, .. } => {
+                let wtx = self.db.begin_write().expect("write");
+                let result = job(&wtx).map_err(|e| e.to_string());
+                wtx.commit().expect("commit");
+                inputs.push((n, Input::Persisted { token, result }));
+            }
+            Action::Dispatch {
+                token,
+                handler,
+                request,
+                ..
+            } => {
+                let reply = self.rt.block_on(handler.handle(request));
+                inputs.push((n, Input::LocalReply { token, reply }));
+            }
+            Action::CallDone { token, outcome } => {
+                self.done.insert((n, token.0), outcome);
+            }
+            Action::SecurityEvent { kind, .. } => self.security.push((n, kind)),
+        }
+    }
+
+    fn is_overlay(&self, n: usize, link: LinkId) -> bool {
+        matches!(self.nodes[n].core.links.get(&link), Some(Link::Node(_)))
+    }
+
+    /// Moves the clock on, a housekeeping second at a time.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while self.now < end {
+            self.now = (self.now + Duration::from_secs(1)).min(end);
+            for n in 0..self.nodes.len() {
+                self.nodes[n].tick(self.now);
+            }
+            self.pump();
+        }
+    }
+
+    /// What was written to a plain link so far, taken.
+    fn take(&mut self, n: usize, link: u64) -> Vec<Value> {
+        self.take_raw(n, link)
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("JSON"))
+            .collect()
+    }
+
+    fn take_raw(&mut self, n: usize, link: u64) -> Vec<String> {
+        self.written.remove(&(n, LinkId(link))).unwrap_or_default()
+    }
+
+    fn take_csms(&mut self, n: usize, charger: &str) -> Vec<String> {
+        match self.csms.get(&(n, charger.to_owned())) {
+            Some(link) => self.take_raw(n, link.0),
+            None => Vec::new(),
+        }
+    }
+
+    fn routes(&self, n: usize) -> Vec<String> {
+        let status = self.nodes[n].status(self.now);
+        status["routes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["destination"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+const EDGE: usize = 0;
+const HUB: usize = 1;
+const CP: u64 = 1;
+const UP: u64 = 100;
+
+/// An edge with one 1.6 charger, connected to a hub whose CSMS socket for it is open.
+fn site() -> Net {
+    let mut net = Net::new(vec![("edge-1", edge("edge-1")), ("hub-1", hub("hub-1"))]);
+    net.connect(EDGE, HUB, UP);
+    net.charger(EDGE, CP, "CP1", OcppVersion::V16);
+    net
+}
+
+fn id_of(text: &str) -> String {
+    let v: Value = serde_json::from_str(text).expect("JSON");
+    v[1].as_str().expect("id").to_owned()
+}
+
+#[test]
+fn a_charger_call_reaches_the_csms_and_its_answer_comes_back_under_the_chargers_id() {
+    let mut net = site();
+    assert!(net.routes(HUB).contains(&"CP1".to_owned()), "announced");
+    assert!(
+        net.csms.contains_key(&(HUB, "CP1".into())),
+        "CSMS socket opened"
+    );
+    // Unusual spacing: the payload bytes must arrive as they were sent.
+    let payload = r#"{ "vendorId" : "acme",  "data":"x" }"#;
+    net.text(EDGE, CP, &format!(r#"[2,"c-1","DataTransfer",{payload}]"#));
+    let at_csms = net.take_csms(HUB, "CP1");
+    assert_eq!(at_csms.len(), 1, "{at_csms:?}");
+    assert!(
+        at_csms[0].ends_with(&format!(r#","DataTransfer",{payload}]"#)),
+        "{}",
+        at_csms[0]
+    );
+    let upstream_id = id_of(&at_csms[0]);
+    assert_ne!(
+        upstream_id, "c-1",
+        "the edge gives each upstream CALL its own id"
+    );
+    net.csms_says(
+        HUB,
+        "CP1",
+        &format!(r#"[3,"{upstream_id}",{{"status":"Accepted"}}]"#),
+    );
+    assert_eq!(
+        net.take(EDGE, CP),
+        vec![json!([3, "c-1", {"status": "Accepted"}])]
+    );
+}
+
+#[test]
+fn csms_calls_reach_the_charger_one_at_a_time() {
+    let mut net = site();
+    net.csms_says(HUB, "CP1", r#"[2,"s-1","Reset",{"type" : "Soft"}]"#);
+    net.csms_says(HUB, "CP1", r#"[2,"s-2","ClearCache",{}]"#);
+    let raw = net.take_raw(EDGE, CP);
+    assert_eq!(
+        raw,
+        vec![r#"[2,"s-1","Reset",{"type" : "Soft"}]"#.to_owned()]
+    );
+    net.text(EDGE, CP, r#"[3,"s-1",{"status":"Accepted"}]"#);
+    assert_eq!(
+        net.take_csms(HUB, "CP1"),
+        vec![r#"[3,"s-1",{"status":"Accepted"}]"#.to_owned()]
+    );
+    assert_eq!(
+        net.take(EDGE, CP),
+        vec![json!([2, "s-2", "ClearCache", {}])]
+    );
+    net.text(EDGE, CP, r#"[3,"s-2",{"status":"Accepted"}]"#);
+    assert_eq!(net.take_csms(HUB, "CP1").len(), 1);
+}
+
+#[test]
+fn an_unanswered_charger_call_times_out_under_its_own_id() {
+    let mut net = site();
+    net.text(EDGE, CP, r#"[2,"c-9","DataTransfer",{"vendorId":"acme"}]"#);
+    assert_eq!(net.take_csms(HUB, "CP1").len(), 1);
+    net.advance(REQUEST_TIMEOUT - Duration::from_secs(2));
+    assert!(net.take(EDGE, CP).is_empty(), "not before the timeout");
+    net.advance(Duration::from_secs(4));
+    let got = net.take(EDGE, CP);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0][0], 4);
+    assert_eq!(got[0][1], "c-9");
+}
+
+#[test]
+fn an_invalid_call_is_refused_at_the_edge_and_never_forwarded() {
+    let mut net = site();
+    net.text(
+        EDGE,
+        CP,
+        r#"[2,"c-2","BootNotification",{"chargePointVendor":7}]"#,
+    );
+    let got = net.take(EDGE, CP);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0][0], 4);
+    assert!(net.take_csms(HUB, "CP1").is_empty());
+    net.text(EDGE, CP, r#"[2,"c-3","NoSuchAction",{}]"#);
+    assert_eq!(net.take(EDGE, CP)[0][2], "NotImplemented");
+}
+
+#[test]
+fn a_charger_that_leaves_is_withdrawn_and_its_csms_socket_closes() {
+    let mut net = site();
+    net.input(EDGE, Input::Down { link: LinkId(CP) });
+    assert!(!net.routes(HUB).contains(&"CP1".to_owned()));
+    assert_eq!(net.closed_csms, vec![(HUB, "CP1".to_owned())]);
+}
+
+#[test]
+fn a_lost_edge_keeps_its_chargers_csms_sockets_for_the_grace_period() {
+    let mut net = site();
+    net.disconnect(EDGE, HUB, UP);
+    net.advance(GRACE / 2);
+    assert!(net.closed_csms.is_empty(), "kept within the grace period");
+    // Back in time: the socket is the same one, never closed.
+    net.connect(EDGE, HUB, UP + 1);
+    net.advance(GRACE * 2);
+    assert!(net.closed_csms.is_empty(), "{:?}", net.closed_csms);
+    // Lost for good this time.
+    net.disconnect(EDGE, HUB, UP + 1);
+    net.advance(GRACE * 3);
+    assert_eq!(net.closed_csms, vec![(HUB, "CP1".to_owned())]);
+}
+
+#[test]
+fn a_refused_charger_is_reported_to_its_edge() {
+    let mut net = Net::new(vec![("edge-1", edge("edge-1")), ("hub-1", hub("hub-1"))]);
+    net.csms_accepts = false;
+    net.connect(EDGE, HUB, UP);
+    net.charger(EDGE, CP, "CP1", OcppVersion::V16);
+    let link = net.csms[&(HUB, "CP1".to_owned())];
+    net.input(
+        HUB,
+        Input::CsmsRefused {
+            link,
+            http_status: Some(404),
+            reason: "unknown charger".into(),
+        },
+    );
+    // The edge closes the charger: the CSMS does not know it.
+    assert!(
+        net.closed
+            .iter()
+            .any(|((n, l), _)| *n == EDGE && *l == LinkId(CP)),
+        "{:?}",
+        net.closed
+    );
+}
+
+#[test]
+fn a_node_originated_call_joins_the_chargers_queue_and_its_answer_comes_back() {
+    let mut net = site();
+    net.csms_says(HUB, "CP1", r#"[2,"s-1","ClearCache",{}]"#);
+    let token = net.call(
+        EDGE,
+        NodeCall {
+            target: Target::Id("CP1".into()),
+            on_behalf: None,
+            id: Some("n-1".into()),
+            action: "ChangeAvailability".into(),
+            payload: r#"{"connectorId":0,"type":"Operative"}"#.into(),
+            timeout: Some(Duration::from_secs(5)),
+        },
+    );
+    assert_eq!(net.take(EDGE, CP).len(), 1, "only the CSMS's CALL is out");
+    net.text(EDGE, CP, r#"[3,"s-1",{"status":"Accepted"}]"#);
+    let got = net.take(EDGE, CP);
+    assert_eq!(got[0][1], "n-1");
+    assert_eq!(got[0][2], "ChangeAvailability");
+    net.text(EDGE, CP, r#"[3,"n-1",{"status":"Accepted"}]"#);
+    assert_eq!(
+        net.done.get(&(EDGE, token)),
+        Some(&CallOutcome::Result(r#"{"status":"Accepted"}"#.into()))
+    );
+    assert!(
+        net.take_csms(HUB, "CP1").len() == 1,
+        "only the CSMS's answer went up"
+    );
+}
+
+#[test]
+fn a_node_originated_call_nobody_answers_times_out() {
+    let mut net = site();
+    let token = net.call(
+        EDGE,
+        NodeCall {
+            target: Target::Id("CP1".into()),
+            on_behalf: None,
+            id: None,
+            action: "ClearCache".into(),
+            payload: "{}".into(),
+            timeout: Some(Duration::from_secs(3)),
+        },
+    );
+    assert_eq!(net.take(EDGE, CP).len(), 1);
+    net.advance(Duration::from_secs(5));
+    assert_eq!(net.done.get(&(EDGE, token)), Some(&CallOutcome::Timeout));
+}
+
+struct Echo;
+
+impl LocalHandler for Echo {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+    fn handle(&self, request: LocalRequest) -> handlers::Reply {
+        Box::pin(async move {
+            LocalReply::Result(format!(
+                r#"{{"from":"{}","payload":{}}}"#,
+                request.from, request.payload
+            ))
+        })
+    }
+}
+
+#[test]
+fn a_call_addressed_to_a_node_is_answered_by_its_local_handler() {
+    let mut net = site();
+    net.nodes[HUB]
+        .handlers_mut()
+        .register(Scope::Node, "Echo", Arc::new(Echo));
+    let call = |action: &str| NodeCall {
+        target: Target::Id("hub-1".into()),
+        on_behalf: None,
+        id: None,
+        action: action.into(),
+        payload: r#"{"n":1}"#.into(),
+        timeout: Some(Duration::from_secs(5)),
+    };
+    let token = net.call(EDGE, call("Echo"));
+    assert_eq!(
+        net.done.get(&(EDGE, token)),
+        Some(&CallOutcome::Result(
+            r#"{"from":"edge-1","payload":{"n":1}}"#.into()
+        ))
+    );
+    let token = net.call(EDGE, call("Nobody"));
+    match net.done.get(&(EDGE, token)) {
+        Some(CallOutcome::Error { code, from, .. }) => {
+            assert_eq!(code, "NotImplemented");
+            assert_eq!(from, "hub-1");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_outbox_answers_offline_and_replays_once_the_uplink_is_back() {
+    let mut net = Net::new(vec![
+        ("edge-1", edge_with_outbox("edge-1")),
+        ("hub-1", hub("hub-1")),
+    ]);
+    net.charger(EDGE, CP, "CP1", OcppVersion::V16);
+    net.text(
+        EDGE,
+        CP,
+        r#"[2,"b-1","BootNotification",{"chargePointVendor":"V","chargePointModel":"M"}]"#,
+    );
+    assert_eq!(
+        net.take(EDGE, CP)[0][2]["status"],
+        "Accepted",
+        "offline boot"
+    );
+    net.text(
+        EDGE,
+        CP,
+        r#"[2,"s-1","StartTransaction",{"connectorId":1,"idTag":"T1","meterStart":0,"timestamp":"2026-12-05T10:00:00Z"}]"#,
+    );
+    let answer = net.take(EDGE, CP);
+    assert_eq!(answer.len(), 1, "answered once it is on disk: {answer:?}");
+    let local_tx = answer[0][2]["transactionId"].as_i64().expect("a local id");
+    net.text(
+        EDGE,
+        CP,
+        &format!(
+            r#"[2,"m-1","MeterValues",{{"connectorId":1,"transactionId":{local_tx},"meterValue":[{{"timestamp":"2026-12-05T10:01:00Z","sampledValue":[{{"value":"10"}}]}}]}}]"#
+        ),
+    );
+    assert_eq!(net.take(EDGE, CP).len(), 1);
+
+    // The uplink comes up: the queued messages go to the CSMS in order, one at a time.
+    net.connect(EDGE, HUB, UP);
+    let boot = net.take_csms(HUB, "CP1");
+    assert_eq!(boot.len(), 1, "{boot:?}");
+    assert!(
+        boot[0].contains("BootNotification"),
+        "the boot first: {}",
+        boot[0]
+    );
+    net.csms_says(
+        HUB,
+        "CP1",
+        &format!(
+            r#"[3,"{}",{{"status":"Accepted","currentTime":"2026-12-05T10:00:00Z","interval":300}}]"#,
+            id_of(&boot[0])
+        ),
+    );
+    let first = net.take_csms(HUB, "CP1");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("StartTransaction"), "{}", first[0]);
+    net.csms_says(
+        HUB,
+        "CP1",
+        &format!(
+            r#"[3,"{}",{{"transactionId":777,"idTagInfo":{{"status":"Accepted"}}}}]"#,
+            id_of(&first[0])
+        ),
+    );
+    let second = net.take_csms(HUB, "CP1");
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(
+        second[0].contains(r#""transactionId":777"#),
+        "the CSMS's id: {}",
+        second[0]
+    );
+    net.csms_says(HUB, "CP1", &format!(r#"[3,"{}",{{}}]"#, id_of(&second[0])));
+    assert!(
+        net.take(EDGE, CP).is_empty(),
+        "replayed answers are not sent again"
+    );
+    // The CSMS stops the transaction by its id; the 1.6 charger knows it by its own.
+    net.csms_says(
+        HUB,
+        "CP1",
+        r#"[2,"r-1","RemoteStopTransaction",{"transactionId":777}]"#,
+    );
+    let down = net.take(EDGE, CP);
+    assert_eq!(
+        down,
+        vec![json!([2, "r-1", "RemoteStopTransaction", {"transactionId": local_tx}])]
+    );
+}
+
+#[test]
+fn the_outbox_keeps_a_message_the_uplink_lost_and_sends_it_again() {
+    let mut net = Net::new(vec![
+        ("edge-1", edge_with_outbox("edge-1")),
+        ("hub-1", hub("hub-1")),
+    ]);
+    net.connect(EDGE, HUB, UP);
+    net.charger(EDGE, CP, "CP1", OcppVersion::V16);
+    net.text(
+        EDGE,
+        CP,
+        r#"[2,"s-1","StartTransaction",{"connectorId":1,"idTag":"T1","meterStart":0,"timestamp":"2026-12-05T10:00:00Z"}]"#,
+    );
+    let sent = net.take_csms(HUB, "CP1");
+    assert_eq!(sent.len(), 1);
+    // The link drops before the answer. The edge sends it again, under the same id, once it
+    // is back; the hub, still waiting for the CSMS's answer to it, does not pass it on twice.
+    net.disconnect(EDGE, HUB, UP);
+    net.connect(EDGE, HUB, UP + 1);
+    net.advance(Duration::from_secs(2));
+    assert!(
+        net.take_csms(HUB, "CP1").is_empty(),
+        "the CSMS sees it once"
+    );
+    net.csms_says(
+        HUB,
+        "CP1",
+        &format!(
+            r#"[3,"{}",{{"transactionId":5,"idTagInfo":{{"status":"Accepted"}}}}]"#,
+            id_of(&sent[0])
+        ),
+    );
+    let outbox = &net.nodes[EDGE].status(net.now)["outbox"];
+    assert_eq!(outbox["queued"], 0, "settled by the late answer: {outbox}");
+    let answers = net.take(EDGE, CP);
+    assert_eq!(
+        answers.len(),
+        1,
+        "the charger is answered once: {answers:?}"
+    );
+    assert_eq!(answers[0][1], "s-1");
+}
+
+/// A binary SEND from a peer behind the hub, through the hub and two edges, to a peer behind
+/// the far edge, and one back: dest and path are rewritten, meta and body arrive intact.
+#[test]
+fn binary_frames_cross_three_nodes_both_ways() {
+    let mut net = Net::new(vec![
+        ("edge-2", edge("edge-2")),
+        ("edge-1", edge("edge-1")),
+        ("hub-1", hub("hub-1")),
+    ]);
+    let (e2, e1, h) = (0, 1, 2);
+    net.connect(e1, h, 100);
+    net.connect(e2, e1, 101);
+    net.peer(h, 200, "T1");
+    net.peer(e2, 201, "T2");
+    for (n, link, id) in [(h, 200, "T1"), (e2, 201, "T2")] {
+        let ann = routing::Announcement {
+            routing_node: id.into(),
+            routes: vec![routing::announce::AnnouncedRoute {
+                destination_id: id.into(),
+                priority: 0,
+                ocpp_version: None,
+            }],
+            withdrawn: Vec::new(),
+            full: true,
+            ttl: Some(300),
+            not_before: None,
+            not_after: None,
+        };
+        let own = net.ids[n].clone();
+        let text = format!(
+            r#"[6,["{own}"],["{id}"],"a-{id}","NotifyNetworkTopology",{}]"#,
+            ann.to_payload()
+        );
+        net.text(n, link, &text);
+    }
+    assert!(
+        net.routes(h).contains(&"T2".to_owned()),
+        "{:?}",
+        net.routes(h)
+    );
+    let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let send = |dest: &str, from: &str| {
+        wire::binary::BinaryFrame {
+            message_type: MessageType::Send,
+            dest: Route::single(dest.to_owned()),
+            path: Route::single(from.to_owned()),
+            id: "b-1".into(),
+            action: Some("TestChunk".into()),
+            meta: wire::Json::new(
+                serde_json::value::RawValue::from_string(r#"{"seq":1}"#.into())
+                    .expect("raw")
+                    .as_ref(),
+            ),
+            body: &body,
+        }
+        .encode(&wire::Limits::default())
+        .expect("encode")
+    };
+    let out = send("T2", "T1");
+    net.input(
+        h,
+        Input::Binary {
+            link: LinkId(200),
+            bytes: Bytes::from(out),
+        },
+    );
+    let got = net.binary.remove(&(e2, LinkId(201))).unwrap_or_default();
+    assert_eq!(got.len(), 1, "arrived at T2");
+    let frame = wire::binary::decode(&got[0], &wire::Limits::default()).expect("decodes");
+    assert_eq!(frame.body, &body[..]);
+    assert_eq!(frame.meta.get(), r#"{"seq":1}"#);
+    assert_eq!(frame.dest.first(), "T2");
+    assert_eq!(frame.path.first(), "T1", "path keeps the originator first");
+    assert_eq!(frame.path.len(), 4, "T1, hub-1, edge-1, edge-2");
+
+    let back = send("T1", "T2");
+    net.input(
+        e2,
+        Input::Binary {
+            link: LinkId(201),
+            bytes: Bytes::from(back),
+        },
+    );
+    let got = net.binary.remove(&(h, LinkId(200))).unwrap_or_default();
+    assert_eq!(got.len(), 1, "back at T1");
+    let frame = wire::binary::decode(&got[0], &wire::Limits::default()).expect("decodes");
+    assert_eq!(frame.body, &body[..]);
+}
+
+#[test]
+fn a_binary_frame_is_never_written_to_a_charger() {
+    let mut net = site();
+    net.peer(HUB, 200, "T1");
+    let body = [1u8, 2, 3];
+    let frame = wire::binary::BinaryFrame {
+        message_type: MessageType::Send,
+        dest: Route::single("CP1".to_owned()),
+        path: Route::single("T1".to_owned()),
+        id: "b-2".into(),
+        action: Some("TestChunk".into()),
+        meta: wire::Json::new(
+            serde_json::value::RawValue::from_string("{}".into())
+                .expect("raw")
+                .as_ref(),
+        ),
+        body: &body,
+    }
+    .encode(&wire::Limits::default())
+    .expect("encode");
+    net.input(
+        HUB,
+        Input::Binary {
+            link: LinkId(200),
+            bytes: Bytes::from(frame),
+        },
+    );
+    assert!(!net.binary.contains_key(&(EDGE, LinkId(CP))));
+    assert!(net.take(EDGE, CP).is_empty());
+}
