@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use routing::LinkId;
 
-use super::io::Token;
+use super::token::Token;
 
 /// Where a node-originated CALL goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,10 +44,7 @@ pub type Persisted = Result<Box<dyn Any + Send>, String>;
 pub type StoreJob =
     Box<dyn FnOnce(&WriteTransaction) -> Result<Box<dyn Any + Send>, StoreError> + Send>;
 
-/// Identifies an answer the engine waits for: a store job, a local handler's reply, or a
-/// node-originated CALL made from outside the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Token(pub u64);
+pub use super::token::Token;
 
 pub enum Input {
     /// A connection finished its upgrade (or its dial) and may carry frames.

@@ -33,6 +33,7 @@ pub mod stages;
 mod status;
 #[cfg(test)]
 mod tests;
+mod token;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
