@@ -31,7 +31,8 @@ use crate::engine::{Input, Outbound};
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 64;
-/// Bulk frames queued toward one link before the sender waits.
+/// Bulk frames queued toward one link (beyond what its writer holds) before further ones are
+/// dropped (`Input::BulkDropped`).
 const BULK_QUEUE: usize = 16;
 
 #[derive(Debug, Clone)]
@@ -213,8 +214,10 @@ where
                         return Ended::Refused(why.into());
                     }
                     Some(Ok(Message::Close(_))) => {
-                        // tungstenite has queued our Close reply; flushing sends it.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                        // tungstenite queued our Close reply (RFC 6455 §5.5.1) when it read the
+                        // peer's; flushing sends it. `close()` here would fail (SendAfterClosing)
+                        // before writing anything, and the peer would see 1006.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
                         return Ended::Gone("closed by the peer".into());
                     }
                     None => return Ended::Gone("closed by the peer".into()),

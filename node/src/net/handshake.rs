@@ -154,7 +154,7 @@ where
 /// admits any frame a charger listener admits plus the overlay's dest and path.
 pub fn overlay_ws_config(node: &Node) -> WebSocketConfig {
     let limit = overlay_frame_limit(node);
-    // Frames are buffered and flushed per batch (see overlay_link), not written one by one.
+    // Frames are buffered and flushed per batch (see `conn::link`), not written one by one.
     WebSocketConfig::default()
         .read_buffer_size(64 * 1024)
         .write_buffer_size(64 * 1024)
