@@ -211,9 +211,14 @@ impl Driver {
             return;
         };
         match out {
+            // Never waits: a receiver that reads bulk slowly must not hold up the engine.
             Outbound::Binary { .. } => {
-                if let Some(bulk) = &h.bulk {
-                    let _ = bulk.send(out).await;
+                if let Some(bulk) = &h.bulk
+                    && let Err(mpsc::error::TrySendError::Full(Outbound::Binary { bytes, .. })) =
+                        bulk.try_send(out)
+                {
+                    self.engine
+                        .handle(Input::BulkDropped { link, bytes }, Instant::now());
                 }
             }
             Outbound::Text(_) => match h.control.try_send(ToConn::Frame(out)) {

@@ -110,6 +110,27 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// A binary frame this node forwarded found no room toward its next hop.
+    pub(super) fn bulk_dropped(&mut self, link: LinkId, bytes: &[u8]) {
+        let core = &mut self.core;
+        core.metrics.frames_dropped.inc();
+        let limits = binary_limits(&core.settings.limits);
+        // The node encoded these bytes itself, so they decode; a failure only skips the error.
+        let Ok(frame) = binary::decode(bytes, &limits) else {
+            return;
+        };
+        tracing::debug!(%link, id = %frame.id, "bulk queue full; binary frame dropped");
+        if frame.message_type == MessageType::Call {
+            let error = core.forwarder.error_to_originator(
+                &overlay_view(&frame),
+                "the link toward the destination is congested; retry the chunk",
+            );
+            core.deferred.push(Deferred::Local(error.to_text()));
+        }
+    }
+}
+
 pub(super) fn binary_limits(limits: &Limits) -> Limits {
     Limits {
         max_frame_bytes: limits.max_frame_bytes + HEADER_ROOM,

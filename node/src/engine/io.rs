@@ -67,6 +67,11 @@ pub enum Input {
     CsmsClosed { link: LinkId },
     /// A frame sent with [`IfFull::Return`] found its link's queue full.
     Returned { link: LinkId, text: String },
+    /// A binary frame found its link's bulk queue full and was not sent. Bulk frames are best
+    /// effort at every hop, so that one slow receiver never stalls the engine and the control
+    /// frames of every other peer; the originator of a CALL gets a CALLERROR and its transfer
+    /// (request and answer per chunk, ARCHITECTURE §3.3) retries.
+    BulkDropped { link: LinkId, bytes: Bytes },
     /// A store job finished (its commit is durable, or it failed).
     Persisted { token: Token, result: Persisted },
     /// A local handler answered.

@@ -296,6 +296,7 @@ impl Engine {
                 reason,
             } => self.csms_refused(link, http_status, &reason, now),
             Input::Returned { link, text } => self.returned(link, &text, now),
+            Input::BulkDropped { link, bytes } => self.bulk_dropped(link, &bytes),
             Input::Persisted { token, result } => match self.core.owners.remove(&token.0) {
                 Some(Owner::Stage(i)) => {
                     let (stages, mut cx) = self.split(i, now);

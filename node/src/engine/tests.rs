@@ -885,3 +885,61 @@ fn a_binary_frame_is_never_written_to_a_charger() {
     assert!(!net.binary.contains_key(&(EDGE, LinkId(CP))));
     assert!(net.take(EDGE, CP).is_empty());
 }
+
+/// A binary CALL that found its next hop's bulk queue full is answered with a CALLERROR toward
+/// its originator, so its transfer retries; a dropped SEND is only counted.
+#[test]
+fn a_dropped_bulk_call_is_answered_with_a_callerror() {
+    let mut net = site();
+    net.peer(HUB, 200, "T1");
+    // The hub learns T1 from the path of a frame it sends (ARCHITECTURE §3.4 auto-learn).
+    net.text(HUB, 200, r#"[6,["hub-1"],["T1"],"x-1","TestPing",{}]"#);
+    net.overlay.clear();
+    let frame = |message_type: MessageType, id: &str| {
+        wire::binary::BinaryFrame {
+            message_type,
+            dest: Route::single("T2".to_owned()),
+            path: Route::from_ids(vec!["T1".into(), "hub-1".into()]).expect("a path"),
+            id: id.to_owned().into(),
+            action: Some("TestChunk".into()),
+            meta: wire::Json::new(
+                serde_json::value::RawValue::from_string(r#"{"seq":3}"#.into())
+                    .expect("raw")
+                    .as_ref(),
+            ),
+            body: &[7u8; 100],
+        }
+        .encode(&wire::Limits::default())
+        .expect("encode")
+    };
+    net.input(
+        HUB,
+        Input::BulkDropped {
+            link: LinkId(UP),
+            bytes: Bytes::from(frame(MessageType::Send, "s-9")),
+        },
+    );
+    assert!(
+        net.overlay
+            .remove(&(HUB, LinkId(200)))
+            .unwrap_or_default()
+            .is_empty(),
+        "a dropped SEND gets no answer"
+    );
+    net.input(
+        HUB,
+        Input::BulkDropped {
+            link: LinkId(UP),
+            bytes: Bytes::from(frame(MessageType::Call, "c-9")),
+        },
+    );
+    let got = net.overlay.remove(&(HUB, LinkId(200))).unwrap_or_default();
+    assert_eq!(got.len(), 1, "one answer to T1: {got:?}");
+    let v: Value = serde_json::from_str(&got[0]).expect("JSON");
+    assert_eq!(v[0], 4, "a CALLERROR: {v}");
+    // A sender writes a one-element dest or path as a string (ARCHITECTURE §3.1).
+    assert_eq!(v[1], "T1", "toward the originator: {v}");
+    assert_eq!(v[2], "hub-1", "from the hub: {v}");
+    assert_eq!(v[3], "c-9");
+    assert!(net.binary.is_empty(), "nothing else is written");
+}
