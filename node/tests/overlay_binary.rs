@@ -31,17 +31,9 @@ use wire::{Json, Limits, MessageType, Route};
 const T1: &str = "tester-1";
 const T2: &str = "tester-2";
 
-/// Explicit overlay timers for both tests; every wait below is at least twice the timer it
-/// waits for.
-const TIMERS: Timers = Timers {
-    request_timeout_s: 10,
-    announce_ttl_s: 300,
-    ping_interval_s: 5,
-    connect_timeout_s: 2,
-    reconnect_initial_ms: 200,
-    reconnect_max_ms: 1000,
-    csms_grace_s: 10,
-};
+/// Explicit overlay timers for both tests (request timeout 10 s, connect timeout 2 s, backoff
+/// 200 ms to 1 s); every wait below is at least twice the timer it waits for.
+const TIMERS: Timers = Timers::DEFAULT;
 /// Uplinks come up within a few reconnect attempts (connect timeout 2 s, backoff ≤ 1 s).
 const UP: Duration = Duration::from_secs(15);
 /// A route announced by a peer reaches the hub within one announcement round per hop.
@@ -183,6 +175,56 @@ async fn next_binary(ws: &mut Ws, timeout: Duration) -> Option<Got> {
     }
 }
 
+/// The next binary frame on `ws` within [`ARRIVE`]; panics with the nodes' diagnostics if
+/// none comes.
+async fn expect_binary(ws: &mut Ws, what: &str, nodes: &[&Node]) -> Got {
+    next_binary(ws, ARRIVE).await.unwrap_or_else(|| {
+        panic!(
+            "{what} did not arrive within {ARRIVE:?}{}",
+            diagnostics(nodes)
+        )
+    })
+}
+
+/// `from` sends a binary SEND to `to`; it must arrive byte-identical, addressed to
+/// `to`, with `path` naming the originator and every hop in order.
+async fn send_arrives(
+    (from_ws, from): (&mut Ws, &str),
+    (to_ws, to): (&mut Ws, &str),
+    id: &str,
+    meta: &str,
+    body: &[u8],
+    path: &[&str],
+    nodes: &[&Node],
+) {
+    let frame = encode(
+        MessageType::Send,
+        to,
+        from,
+        id,
+        Some("TestChunk"),
+        meta,
+        body,
+    );
+    send_binary(from_ws, frame).await;
+    let got = expect_binary(to_ws, &format!("{from} → {to} SEND {id}"), nodes).await;
+    assert_eq!(got.message_type, MessageType::Send);
+    assert_eq!(got.action.as_deref(), Some("TestChunk"));
+    assert_eq!(got.id, id);
+    assert_eq!(got.meta, meta, "meta byte-identical");
+    assert!(
+        got.body == body,
+        "body byte-identical ({} bytes received)",
+        got.body.len()
+    );
+    assert_eq!(got.dest.first().map(String::as_str), Some(to), "{got:?}");
+    assert_eq!(
+        got.path, path,
+        "the path starts with the originator and names every hop in order"
+    );
+    eprintln!("{from} → {to}: dest {:?}, path {:?}", got.dest, got.path);
+}
+
 async fn send_binary(ws: &mut Ws, bytes: Vec<u8>) {
     ws.send(Message::binary(bytes))
         .await
@@ -225,72 +267,27 @@ async fn binary_frames_cross_three_nodes_both_ways() {
     .await;
 
     // T1 → T2: a SEND of 200 KiB. The meta keeps its odd spacing: forwarders never re-serialize.
-    let meta = r#"{"seq": 1,  "name":"a b"}"#;
-    let body = pattern(200 * 1024, 1);
-    let frame = encode(
-        MessageType::Send,
-        T2,
-        T1,
+    send_arrives(
+        (&mut t1, T1),
+        (&mut t2, T2),
         "bin-1",
-        Some("TestChunk"),
-        meta,
-        &body,
-    );
-    send_binary(&mut t1, frame).await;
-    let got = next_binary(&mut t2, ARRIVE).await.unwrap_or_else(|| {
-        panic!(
-            "T2 got no binary frame within {ARRIVE:?}{}",
-            diagnostics(&nodes)
-        )
-    });
-    assert_eq!(got.message_type, MessageType::Send);
-    assert_eq!(got.action.as_deref(), Some("TestChunk"));
-    assert_eq!(got.id, "bin-1");
-    assert_eq!(got.meta, meta, "meta byte-identical");
-    assert!(
-        got.body == body,
-        "body byte-identical ({} bytes received)",
-        got.body.len()
-    );
-    assert_eq!(got.dest.first().map(String::as_str), Some(T2), "{got:?}");
-    assert_eq!(
-        got.path,
-        [T1, "hub-b", "edge-b1", "edge-b2"],
-        "the path starts with the originator and names every hop in order"
-    );
-    eprintln!("T1 → T2: dest {:?}, path {:?}", got.dest, got.path);
-
+        r#"{"seq": 1,  "name":"a b"}"#,
+        &pattern(200 * 1024, 1),
+        &[T1, "hub-b", "edge-b1", "edge-b2"],
+        &nodes,
+    )
+    .await;
     // T2 → T1: edge-b2 and edge-b1 do not know T1 and send it up their default route.
-    let meta = r#"{"seq":2,"back":true}"#;
-    let body = pattern(200 * 1024 + 17, 2);
-    let frame = encode(
-        MessageType::Send,
-        T1,
-        T2,
+    send_arrives(
+        (&mut t2, T2),
+        (&mut t1, T1),
         "bin-2",
-        Some("TestChunk"),
-        meta,
-        &body,
-    );
-    send_binary(&mut t2, frame).await;
-    let got = next_binary(&mut t1, ARRIVE).await.unwrap_or_else(|| {
-        panic!(
-            "T1 got no binary frame within {ARRIVE:?}{}",
-            diagnostics(&nodes)
-        )
-    });
-    assert_eq!(got.message_type, MessageType::Send);
-    assert_eq!(got.action.as_deref(), Some("TestChunk"));
-    assert_eq!(got.id, "bin-2");
-    assert_eq!(got.meta, meta, "meta byte-identical");
-    assert!(
-        got.body == body,
-        "body byte-identical ({} bytes received)",
-        got.body.len()
-    );
-    assert_eq!(got.dest.first().map(String::as_str), Some(T1), "{got:?}");
-    assert_eq!(got.path, [T2, "edge-b2", "edge-b1", "hub-b"]);
-    eprintln!("T2 → T1: dest {:?}, path {:?}", got.dest, got.path);
+        r#"{"seq":2,"back":true}"#,
+        &pattern(200 * 1024 + 17, 2),
+        &[T2, "edge-b2", "edge-b1", "hub-b"],
+        &nodes,
+    )
+    .await;
 
     // A binary CALL from T1, answered by T2 with a binary CALLRESULT.
     let meta = r#"{"fileName":"x.bin","offset":0}"#;
@@ -304,12 +301,7 @@ async fn binary_frames_cross_three_nodes_both_ways() {
         b"",
     );
     send_binary(&mut t1, frame).await;
-    let call = next_binary(&mut t2, ARRIVE).await.unwrap_or_else(|| {
-        panic!(
-            "T2 got no binary CALL within {ARRIVE:?}{}",
-            diagnostics(&nodes)
-        )
-    });
+    let call = expect_binary(&mut t2, "T2's binary CALL", &nodes).await;
     assert_eq!(call.message_type, MessageType::Call, "{call:?}");
     assert_eq!(call.action.as_deref(), Some("TestGetChunk"));
     assert_eq!(call.id, "call-1");
@@ -329,12 +321,7 @@ async fn binary_frames_cross_three_nodes_both_ways() {
         &result_body,
     );
     send_binary(&mut t2, frame).await;
-    let result = next_binary(&mut t1, ARRIVE).await.unwrap_or_else(|| {
-        panic!(
-            "T1 got no binary CALLRESULT within {ARRIVE:?}{}",
-            diagnostics(&nodes)
-        )
-    });
+    let result = expect_binary(&mut t1, "T1's binary CALLRESULT", &nodes).await;
     assert_eq!(result.message_type, MessageType::CallResult, "{result:?}");
     assert_eq!(result.action, None);
     assert_eq!(result.id, "call-1", "the CALLRESULT keeps the CALL's id");

@@ -108,9 +108,7 @@ impl Engine {
             }
         }
     }
-}
 
-impl Engine {
     /// A binary frame this node forwarded found no room toward its next hop.
     pub(super) fn bulk_dropped(&mut self, link: LinkId, bytes: &[u8]) {
         let core = &mut self.core;

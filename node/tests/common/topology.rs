@@ -262,17 +262,22 @@ pub struct Timers {
     pub csms_grace_s: u64,
 }
 
+impl Timers {
+    /// The timers most tests run with; a `const`, so a test can derive its waits from them.
+    pub const DEFAULT: Timers = Timers {
+        request_timeout_s: 10,
+        announce_ttl_s: 300,
+        ping_interval_s: 5,
+        connect_timeout_s: 2,
+        reconnect_initial_ms: 200,
+        reconnect_max_ms: 1000,
+        csms_grace_s: 10,
+    };
+}
+
 impl Default for Timers {
     fn default() -> Self {
-        Timers {
-            request_timeout_s: 10,
-            announce_ttl_s: 300,
-            ping_interval_s: 5,
-            connect_timeout_s: 2,
-            reconnect_initial_ms: 200,
-            reconnect_max_ms: 1000,
-            csms_grace_s: 10,
-        }
+        Timers::DEFAULT
     }
 }
 
