@@ -86,12 +86,40 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
         .map(|i| format!("listening {} {}", i.name, i.url))
         .collect();
     let admin = node.config.admin.clone();
+    let mut admin_hint = None;
     if admin.enabled {
         let socket = tokio::net::TcpListener::bind(admin.bind)
             .await
             .with_context(|| format!("admin API cannot bind {}", admin.bind))?;
         ready.push(format!("listening admin http://{}", socket.local_addr()?));
-        let router = admin::router(node.clone());
+        let configured = node.secrets().admin_token().map(|t| t.expose());
+        let (token, generated) =
+            admin::auth::load_or_create(configured, &node.config.node.data_dir)?;
+        if let Some(file) = &generated {
+            // Where it is, never what it is.
+            tracing::info!(file = %file.display(), "generated the admin API token");
+        }
+        let place = match configured {
+            Some(_) => "the secrets file's [admin] token".to_owned(),
+            None => format!(
+                "the token in {}",
+                node.config
+                    .node
+                    .data_dir
+                    .join(admin::auth::TOKEN_FILE)
+                    .display()
+            ),
+        };
+        admin_hint = Some(format!(
+            "status page: http://{}/login?token=<{place}>",
+            socket.local_addr()?
+        ));
+        let auth = Arc::new(admin::auth::AdminAuth::new(
+            token,
+            admin.metrics_without_token,
+        ));
+        let router = admin::router(node.clone(), auth)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
         tasks.spawn(async move {
             if let Err(e) = axum::serve(socket, router).await {
                 tracing::error!(error = %e, "admin API stopped");
@@ -101,18 +129,24 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
     let _ = node.listeners.set(infos.clone());
 
     // The machine-readable lines first (tests and scripts wait for them), then the human hint.
-    let mut out = std::io::stdout().lock();
-    for line in &ready {
-        writeln!(out, "{line}")?;
-    }
+    // A closed stdout (a supervisor that stopped reading) must not stop a running node.
+    let mut lines = ready;
     for info in &infos {
         let url = match info.url.strip_prefix("ws://0.0.0.0") {
             Some(rest) => format!("ws://<this-host-address>{rest}"),
             None => info.url.clone(),
         };
-        writeln!(out, "point chargers at {url}/<chargerId>")?;
+        lines.push(format!("point chargers at {url}/<chargerId>"));
     }
-    out.flush()?;
+    lines.extend(admin_hint);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = lines
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush())
+    {
+        tracing::warn!(error = %e, "cannot write the listening lines to stdout; running on");
+    }
     drop(out);
 
     tokio::select! {

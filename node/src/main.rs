@@ -13,7 +13,9 @@ use clap::{Parser, Subcommand};
 
 use ocpp_node::app::{self, STORE_FILE};
 use ocpp_node::audit;
-use ocpp_node::cli::status;
+use ocpp_node::cli::client::{AdminArgs, Client};
+use ocpp_node::cli::wait::{self, WaitArgs};
+use ocpp_node::cli::{status, tables};
 use ocpp_node::config::files::{self, Loaded};
 use ocpp_node::config::{Config, ConfigError};
 use ocpp_node::core::store;
@@ -40,13 +42,21 @@ enum Command {
     /// Validate a config file: exit 0 if it is valid, else list every mistake and exit 1.
     CheckConfig { file: PathBuf },
     /// Show what a running node has connected and routed.
-    Status {
-        /// The node's admin API.
-        #[arg(long, default_value = "http://127.0.0.1:9800")]
-        admin: String,
-        /// Print the raw JSON instead of the summary.
-        #[arg(long)]
-        json: bool,
+    Status(View),
+    /// The connected chargers: version, security profile, since when, last message, path.
+    Chargers(View),
+    /// The overlay routes (and, on a hub, the CSMS sockets).
+    Routes(View),
+    /// The newest security events.
+    Events(View),
+    /// The durable queue of transaction messages and its dead letters.
+    Outbox(View),
+    /// Wait until the node answers and is healthy (exit 1 on timeout).
+    Wait {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(flatten)]
+        want: WaitArgs,
     },
     /// Read a password from stdin and print its salted hash for `[chargers.<id>] password_hash`.
     HashPassword,
@@ -55,6 +65,29 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+/// The options of every subcommand that shows an admin resource.
+#[derive(clap::Args)]
+struct View {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print the JSON the admin API answered instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl View {
+    /// GETs `path` and prints it as JSON or with `human`.
+    fn show(&self, path: &str, human: fn(&serde_json::Value)) -> anyhow::Result<()> {
+        let value = Client::new(&self.admin)?.get(path)?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            human(&value);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -106,15 +139,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Run { config } => run(config),
         Command::CheckConfig { file } => check_config(&file),
-        Command::Status { admin, json } => {
-            let status = status::fetch(&admin, "/api/status")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                status::print(&status);
-            }
-            Ok(())
-        }
+        Command::Status(view) => view.show("/api/status", status::print),
+        Command::Chargers(view) => view.show("/api/status", tables::chargers),
+        Command::Routes(view) => view.show("/api/status", tables::routes),
+        Command::Events(view) => view.show("/api/events", tables::events),
+        Command::Outbox(view) => view.show("/api/outbox", tables::outbox),
+        Command::Wait { admin, want } => wait::run(&Client::new(&admin)?, &want),
         Command::HashPassword => {
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;

@@ -380,7 +380,8 @@ fn node_binary() -> PathBuf {
 }
 
 /// `GET path` over plain HTTP/1.1; returns the status and the body.
-fn http_get(base: &str, path: &str) -> (u16, String) {
+/// GET with the node's admin bearer token.
+fn http_get(base: &str, path: &str, token: &str) -> (u16, String) {
     let addr = base.strip_prefix("http://").unwrap();
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -388,7 +389,7 @@ fn http_get(base: &str, path: &str) -> (u16, String) {
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = Vec::new();
@@ -451,6 +452,10 @@ bind = "127.0.0.1:0"
     // The node prints one line per listener, chargers first.
     let chargers_url = node.listening("chargers");
     let admin_url = node.listening("admin");
+    // No token in a secrets file: the node generated one into its data directory.
+    let token = std::fs::read_to_string(dir.path().join("data").join("admin.token"))
+        .expect("the node's generated admin token");
+    let token = token.trim();
 
     let v16 = start_chargers(&chargers_url, "1.6", "N16-", 10);
     let v201 = start_chargers(&chargers_url, "2.0.1", "N201-", 10);
@@ -461,7 +466,7 @@ bind = "127.0.0.1:0"
     // for the store to show them all ended rather than race it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let transactions = loop {
-        let (status, body) = http_get(&admin_url, "/api/transactions");
+        let (status, body) = http_get(&admin_url, "/api/transactions", token);
         assert_eq!(status, 200, "{body}");
         let list = parse_json(&body)["transactions"]
             .as_array()

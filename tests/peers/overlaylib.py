@@ -45,7 +45,7 @@ from ocpp.v201 import call_result as result201
 from ocpp.v201.enums import Action as Action201
 
 import peerlib
-from peerlib import FrameLog, NodeProcess, RecordingConnection, http_get_json, toml_str
+from peerlib import FrameLog, NodeProcess, RecordingConnection, admin_headers, http_get_json, toml_str
 
 HUB_ID = "hub"
 NETWORKING_MODE = "X-OCPP-NetworkingMode"
@@ -155,7 +155,8 @@ async def status(node: NodeProcess) -> dict:
 
 def http_get_text(url: str, timeout: float = 10.0) -> str:
     import urllib.request
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    req = urllib.request.Request(url, headers=admin_headers(url))
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         assert resp.status == 200, f"GET {url} -> HTTP {resp.status}"
         return resp.read().decode("utf-8")
 

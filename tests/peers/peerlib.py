@@ -193,6 +193,8 @@ class NodeProcess:
             m = LISTENING_RE.match(line.strip())
             if m:
                 self.urls.setdefault(m.group(1), m.group(2))
+        if "admin" in self.urls:
+            remember_admin_token(self.admin_url, self.argv, self.cwd)
 
     def _wait_exit(self, timeout: float) -> int | None:
         try:
@@ -262,8 +264,34 @@ class NodeProcess:
 # ---------------------------------------------------------------------------
 
 
+# Admin base URL -> the node's admin token, so that every admin request of a test carries it.
+ADMIN_TOKENS: dict[str, str] = {}
+
+
+def remember_admin_token(admin_url: str, argv: list[str], cwd: Path) -> None:
+    """Reads the token the node generated into ``<data_dir>/admin.token`` (the test configs set
+    none in a secrets file); it exists once the node has announced its admin API."""
+    import tomllib
+    config: dict = {}
+    if "--config" in argv:
+        path = Path(argv[argv.index("--config") + 1])
+        config = tomllib.loads((path if path.is_absolute() else cwd / path).read_text())
+    data_dir = Path(config.get("node", {}).get("data_dir", "ocpp-node-data"))
+    token_file = (data_dir if data_dir.is_absolute() else cwd / data_dir) / "admin.token"
+    if token_file.exists():
+        ADMIN_TOKENS[admin_url.rstrip("/")] = token_file.read_text().strip()
+
+
+def admin_headers(url: str) -> dict[str, str]:
+    """The Authorization header for a URL under a known node's admin API, else none."""
+    for base, token in ADMIN_TOKENS.items():
+        if url == base or url.startswith(base + "/"):
+            return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
 def http_get_json(url: str, timeout: float = 10.0) -> Any:
-    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    req = urllib.request.Request(url, headers={"Accept": "application/json", **admin_headers(url)})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read().decode("utf-8")

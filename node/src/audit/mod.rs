@@ -698,6 +698,21 @@ pub fn records(rtx: &ReadTransaction) -> Result<Vec<Vec<u8>>, StoreError> {
     Ok(out)
 }
 
+/// The newest `n` records, oldest first, as stored (for the admin API's `/api/events`).
+pub fn recent(rtx: &ReadTransaction, n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    let table = match rtx.open_table(LOG) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::with_capacity(n.min(table.len()? as usize));
+    for row in table.iter()?.rev().take(n) {
+        out.push(row?.1.value().to_vec());
+    }
+    out.reverse();
+    Ok(out)
+}
+
 /// A store file opened for `audit verify` / `audit show`, without ever writing to it.
 pub enum Opened {
     ReadOnly(redb::ReadOnlyDatabase),

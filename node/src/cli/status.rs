@@ -1,45 +1,8 @@
 //! `ocpp-node status`: fetches `/api/status` from a running node and prints it for a technician.
 //!
-//! The admin API is plain HTTP on loopback, so a single GET over a TCP stream is enough; an HTTP
-//! client crate would add a large dependency tree for one request.
+//! The request itself is [`super::client`]'s.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::time::Duration;
-
-use anyhow::{Context as _, bail};
 use serde_json::Value;
-
-/// Largest admin response read; the status document is a few KiB per hundred chargers.
-const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
-
-pub fn fetch(admin_url: &str, path: &str) -> anyhow::Result<Value> {
-    let host = admin_url
-        .strip_prefix("http://")
-        .context("the admin URL must start with http://")?
-        .trim_end_matches('/');
-    let mut stream = TcpStream::connect(host)
-        .with_context(|| format!("cannot reach the node's admin API at {admin_url}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).context("admin response is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "admin API answered: {}",
-            head.lines().next().unwrap_or_default()
-        );
-    }
-    // axum answers small bodies with Content-Length, never chunked, for these routes.
-    serde_json::from_str(body).context("admin response is not JSON")
-}
 
 pub fn print(status: &Value) {
     let node = &status["node"];
@@ -66,11 +29,16 @@ pub fn print(status: &Value) {
     println!("chargers connected: {}", chargers.len());
     for c in chargers {
         println!(
-            "  {:<24} {:<10} from {:<22} since {}",
+            "  {:<24} {:<10} profile {:<2} from {:<22} since {}  last message {}",
             c["id"].as_str().unwrap_or("?"),
             c["ocppVersion"].as_str().unwrap_or("?"),
+            c["securityProfile"]
+                .as_u64()
+                .map_or_else(|| "?".to_owned(), |p| p.to_string()),
             c["remoteAddr"].as_str().unwrap_or("?"),
-            c["connectedSince"].as_str().unwrap_or("?")
+            c["connectedSince"].as_str().unwrap_or("?"),
+            // null until the charger's first frame
+            c["lastMessageAt"].as_str().unwrap_or("-")
         );
     }
     let list = |key: &str| {

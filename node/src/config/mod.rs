@@ -258,6 +258,8 @@ pub enum MissingSubprotocol {
 pub struct AdminConfig {
     pub bind: SocketAddr,
     pub enabled: bool,
+    /// Serve `/metrics` without the bearer token (every other endpoint still needs it).
+    pub metrics_without_token: bool,
 }
 
 impl Default for AdminConfig {
@@ -265,6 +267,7 @@ impl Default for AdminConfig {
         AdminConfig {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9800),
             enabled: true,
+            metrics_without_token: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use wire::OcppVersion;
 
 use super::link::{self, Settings};
 use crate::core::bus::Event;
-use crate::core::node::{Node, SessionInfo};
+use crate::core::node::{LastMessage, Node, SessionInfo};
 use crate::engine::{Input, Peer};
 use routing::LinkId;
 
@@ -27,6 +27,7 @@ pub struct Charger {
     pub id: String,
     pub version: OcppVersion,
     pub listener: String,
+    pub security_profile: u8,
     pub max_frame_bytes: usize,
     pub remote: std::net::SocketAddr,
     pub max_pending_calls: usize,
@@ -42,12 +43,15 @@ where
 {
     let link = LinkId(up.conn_id);
     let (handle, mut channels) = link::channels(QUEUE, false, true);
+    let last_message = Arc::new(LastMessage::default());
     let info = SessionInfo {
         conn_id: up.conn_id,
         version: up.version,
         remote: up.remote,
         listener: up.listener.clone(),
         connected_at: chrono::Utc::now(),
+        security_profile: up.security_profile,
+        last_message: last_message.clone(),
         replaced: handle.kill.clone(),
     };
     match node.sessions.entry(up.id.clone()) {
@@ -81,6 +85,7 @@ where
             binary: false,
             charger: true,
             name: up.id.clone(),
+            last_message: Some(last_message),
         };
         let ended = link::run(
             ws,

@@ -46,6 +46,7 @@ pub async fn run(
         binary: false,
         charger: false,
         name: charger.clone(),
+        last_message: None,
     };
     loop {
         let target = Target {

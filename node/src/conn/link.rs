@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use super::writer::Writer;
 use crate::core::bus::{Credit, Event, EventTx, LinkHandle, ToConn};
 use crate::core::metrics::Metrics;
+use crate::core::node::LastMessage;
 use crate::engine::{Input, Outbound};
 
 /// How long a closing connection is drained before the socket is dropped. Draining (and
@@ -49,6 +50,8 @@ pub struct Settings {
     pub charger: bool,
     /// For logs: the charger's or peer's id.
     pub name: String,
+    /// A charger's session: stamped at every text frame for the admin API.
+    pub last_message: Option<Arc<LastMessage>>,
 }
 
 /// The connection's ends of its channels.
@@ -203,6 +206,9 @@ where
                     Some(Ok(Message::Text(text))) => {
                         if settings.charger {
                             metrics.frames_in.inc();
+                        }
+                        if let Some(last) = &settings.last_message {
+                            last.touch();
                         }
                         Input::Text { link, text }
                     }

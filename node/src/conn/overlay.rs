@@ -58,6 +58,7 @@ where
         binary: true,
         charger: false,
         name: spec.peer.clone(),
+        last_message: None,
     };
     let ended = link::run(
         ws,

@@ -145,7 +145,7 @@ fn parse_key(bytes: &[u8]) -> Result<Ed25519KeyPair, String> {
 
 /// Writes a new private file: created 0600 (never wider, whatever the umask), synced, and only
 /// then renamed into place, so a crash leaves no half-written key behind.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

@@ -1,7 +1,9 @@
 //! Prometheus metrics. Every series used on the frame path is resolved once at startup, so
 //! counting a frame is one atomic add, never a label lookup behind a lock.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -18,7 +20,13 @@ pub struct Metrics {
     pub csms_connections: IntGauge,
     pub uplink_connects: IntCounter,
     pub frames_forwarded: IntCounter,
-    pub frames_dropped: IntCounter,
+    pub frames_dropped: Drops,
+    /// Edge: a charger's CALL until the answer from upstream arrives here.
+    pub relay_latency: Histogram,
+    /// Edge: age of the oldest queued transaction message; set when scraped.
+    pub outbox_oldest_age: IntGauge,
+    /// 1 for each uplink that is up, 0 otherwise; set when scraped.
+    pub uplink_up: IntGaugeVec,
     security_events: IntCounterVec,
     /// Security events that never reached the audit log (its queue was full, or a write failed).
     pub audit_dropped: IntCounter,
@@ -54,6 +62,22 @@ impl Metrics {
             &["direction"],
         )?;
         registry.register(Box::new(links.clone()))?;
+        let relay_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ocpp_relay_latency_seconds",
+                "From a charger's CALL to its answer arriving back from upstream, at the edge",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+        )?;
+        registry.register(Box::new(relay_latency.clone()))?;
+        let uplink_up = IntGaugeVec::new(
+            Opts::new("ocpp_uplink_up", "1 while the uplink is up, by uplink name"),
+            &["uplink"],
+        )?;
+        registry.register(Box::new(uplink_up.clone()))?;
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
@@ -82,10 +106,13 @@ impl Metrics {
                 "ocpp_frames_forwarded_total",
                 "Overlay frames forwarded to a next hop",
             )?,
-            frames_dropped: counter(
-                "ocpp_frames_dropped_total",
-                "Overlay frames dropped or refused (malformed, unreachable, loop, not allowed)",
+            frames_dropped: Drops::new(&registry)?,
+            relay_latency,
+            outbox_oldest_age: gauge(
+                "ocpp_outbox_oldest_age_seconds",
+                "Age of the oldest transaction message in the durable queue (0 when empty)",
             )?,
+            uplink_up,
             security_events,
             audit_dropped: counter(
                 "ocpp_audit_dropped_total",
@@ -145,5 +172,80 @@ impl Metrics {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// Frames dropped or refused, one counter per reason, each resolved once at start so that the
+/// frame path never looks a label up.
+pub struct Drops {
+    pub malformed: IntCounter,
+    pub loop_: IntCounter,
+    pub hop_limit: IntCounter,
+    pub unreachable: IntCounter,
+    pub bad_source_route: IntCounter,
+    pub broadcast_not_send: IntCounter,
+    pub path_not_allowed: IntCounter,
+    /// Nothing on this node takes the frame (a binary frame delivered here).
+    pub no_handler: IntCounter,
+    /// The next hop's queue was full.
+    pub queue_full: IntCounter,
+    /// A charger had too many CALLs waiting for an answer.
+    pub busy: IntCounter,
+}
+
+impl Drops {
+    fn new(registry: &Registry) -> Result<Drops, prometheus::Error> {
+        let vec = IntCounterVec::new(
+            Opts::new(
+                "ocpp_frames_dropped_total",
+                "Frames dropped or refused, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(vec.clone()))?;
+        let c = |reason: &str| vec.with_label_values(&[reason]);
+        Ok(Drops {
+            malformed: c("malformed"),
+            loop_: c("loop"),
+            hop_limit: c("hop_limit"),
+            unreachable: c("unreachable"),
+            bad_source_route: c("bad_source_route"),
+            broadcast_not_send: c("broadcast_not_send"),
+            path_not_allowed: c("path_not_allowed"),
+            no_handler: c("no_handler"),
+            queue_full: c("queue_full"),
+            busy: c("busy"),
+        })
+    }
+
+    /// The counter of a routing refusal.
+    pub fn refusal(&self, r: routing::Refusal) -> &IntCounter {
+        use routing::Refusal;
+        match r {
+            Refusal::Loop => &self.loop_,
+            Refusal::HopLimit => &self.hop_limit,
+            Refusal::Unreachable => &self.unreachable,
+            Refusal::BadSourceRoute => &self.bad_source_route,
+            Refusal::BroadcastNotSend => &self.broadcast_not_send,
+        }
+    }
+
+    /// Every reason's count added up (for tests and the benchmark).
+    pub fn total(&self) -> u64 {
+        [
+            &self.malformed,
+            &self.loop_,
+            &self.hop_limit,
+            &self.unreachable,
+            &self.bad_source_route,
+            &self.broadcast_not_send,
+            &self.path_not_allowed,
+            &self.no_handler,
+            &self.queue_full,
+            &self.busy,
+        ]
+        .iter()
+        .map(|c| c.get())
+        .sum()
     }
 }

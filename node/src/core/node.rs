@@ -28,8 +28,34 @@ pub struct SessionInfo {
     pub remote: SocketAddr,
     pub listener: String,
     pub connected_at: DateTime<Utc>,
+    /// The listener's security profile the charger was admitted under.
+    pub security_profile: u8,
+    /// Written by the connection loop at every text frame, read by the admin API.
+    pub last_message: Arc<LastMessage>,
     /// Wakes the session to close itself: a newer connection took its identity.
     pub replaced: Arc<Notify>,
+}
+
+/// When a charger last sent a text frame, as unix milliseconds (0: not yet). A relaxed atomic
+/// store, because the connection loop writes it per frame and a lock or allocation there would
+/// cost every frame for a value a human reads every few seconds.
+#[derive(Debug, Default)]
+pub struct LastMessage(AtomicU64);
+
+impl LastMessage {
+    pub fn touch(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.0.store(now, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<DateTime<Utc>> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(i64::try_from(ms).ok()?),
+        }
+    }
 }
 
 /// A listener's name and the URL it really listens on (port 0 resolved).

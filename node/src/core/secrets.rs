@@ -7,6 +7,8 @@
 //! password = "..."
 //! [chargers."CP-1"]
 //! password = "..."
+//! [admin]
+//! token = "..."      # the admin API's bearer token
 //! ```
 
 use std::collections::BTreeMap;
@@ -38,11 +40,18 @@ struct Entry {
     password: Secret,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminEntry {
+    token: Secret,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct File {
     uplinks: BTreeMap<String, Entry>,
     chargers: BTreeMap<String, Entry>,
+    admin: Option<AdminEntry>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -88,6 +97,11 @@ impl Secrets {
 
     pub fn charger_password(&self, charger: &str) -> Option<&Secret> {
         self.file.chargers.get(charger).map(|e| &e.password)
+    }
+
+    /// The admin API's bearer token, when the file sets one.
+    pub fn admin_token(&self) -> Option<&Secret> {
+        self.file.admin.as_ref().map(|a| &a.token)
     }
 }
 

@@ -107,7 +107,7 @@ impl Outbox {
             .outbox_dead_letters
             .set(loaded.dead_letters as i64);
         for entry in loaded.entries {
-            outbox.queues.push(entry);
+            outbox.queues.push(entry, None);
         }
         for (charger, local, csms) in loaded.tx_map {
             outbox.tx_ids.insert(&charger, local, csms);
@@ -187,7 +187,7 @@ impl Outbox {
                     self.queues.remove_idle(&entry.charger, old);
                 }
                 let key = (entry.charger.clone(), entry.seq);
-                self.queues.push(entry);
+                self.queues.push(entry, Some(cx.now()));
                 self.gauge();
                 (key.0, key.1, None)
             }
@@ -774,18 +774,30 @@ impl Stage for Outbox {
         }
     }
 
-    fn status(&self) -> Option<(&'static str, Value)> {
+    fn status(&self, now: Instant) -> Option<(&'static str, Value)> {
         let in_flight = self
             .queues
             .heads()
             .filter(|q| q.state != SendState::Idle)
             .count();
+        // A charger's head is its oldest message (a boot may go ahead, but it is queued first
+        // anyway), so the heads alone give the age without walking every queue.
+        let oldest = self
+            .queues
+            .heads()
+            .filter_map(|q| q.queued_at)
+            .map(|t| now.saturating_duration_since(t))
+            .max();
+        let from_before_start = self.queues.heads().any(|q| q.queued_at.is_none());
         Some((
             "outbox",
             json!({
                 "queued": self.queues.len(),
                 "chargers": self.queues.chargers().count(),
                 "inFlight": in_flight,
+                "oldestAgeS": oldest.map(|d| d.as_secs()),
+                "queuedBeforeStart": from_before_start,
+                "deadLetters": self.metrics.outbox_dead_letters.get(),
             }),
         ))
     }

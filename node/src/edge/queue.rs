@@ -48,6 +48,8 @@ pub struct Queued {
     pub answered_locally: bool,
     /// Set while the store commits the message's end.
     pub settling: Option<Settling>,
+    /// When this run of the node queued it; `None` for a message loaded from the store at start.
+    pub queued_at: Option<Instant>,
 }
 
 /// Every charger's queued messages, in send order (a boot first), in memory; the store has
@@ -69,7 +71,7 @@ impl Queues {
 
     /// Adds a journaled message behind the others of its priority, but never ahead of one that
     /// is already on its way.
-    pub fn push(&mut self, entry: Entry) {
+    pub fn push(&mut self, entry: Entry, queued_at: Option<Instant>) {
         let queue = self.by_charger.entry(entry.charger.clone()).or_default();
         let at = queue
             .iter()
@@ -85,6 +87,7 @@ impl Queues {
                 retry_at: None,
                 answered_locally: false,
                 settling: None,
+                queued_at,
             },
         );
         self.len += 1;
@@ -187,12 +190,12 @@ mod tests {
     #[test]
     fn a_boot_goes_first_but_never_ahead_of_a_message_on_its_way() {
         let mut q = Queues::default();
-        q.push(entry(1, 1));
-        q.push(entry(2, 1));
+        q.push(entry(1, 1), None);
+        q.push(entry(2, 1), None);
         q.head_mut("CP").unwrap().state = SendState::InFlight {
             deadline: Instant::now(),
         };
-        q.push(entry(3, 0));
+        q.push(entry(3, 0), None);
         let order: Vec<u64> = q.by_charger["CP"].iter().map(|e| e.entry.seq).collect();
         assert_eq!(order, [1, 3, 2]);
         assert!(q.pop("CP", 3).is_none(), "only the head pops");

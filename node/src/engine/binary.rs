@@ -29,7 +29,7 @@ impl Engine {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(%link, peer = %peer, error = %e, "malformed binary frame dropped");
-                self.core.metrics.frames_dropped.inc();
+                self.core.metrics.frames_dropped.malformed.inc();
                 return;
             }
         };
@@ -46,7 +46,7 @@ impl Engine {
                 frame: decided,
             } => {
                 if !matches!(core.links.get(&to), Some(Link::Node(_))) {
-                    core.metrics.frames_dropped.inc();
+                    core.metrics.frames_dropped.unreachable.inc();
                     if frame.message_type == MessageType::Call {
                         let error = core
                             .forwarder
@@ -79,7 +79,7 @@ impl Engine {
             }
             Decision::Deliver(decided) => {
                 // Nothing on this node takes binary frames yet (file transfer will).
-                core.metrics.frames_dropped.inc();
+                core.metrics.frames_dropped.no_handler.inc();
                 if frame.message_type == MessageType::Call {
                     let error = core
                         .forwarder
@@ -87,20 +87,24 @@ impl Engine {
                     core.deferred.push(Deferred::Local(error.to_text()));
                 }
             }
-            Decision::Reply { link, frame, .. } => {
-                core.metrics.frames_dropped.inc();
+            Decision::Reply {
+                link,
+                frame,
+                reason,
+            } => {
+                core.metrics.frames_dropped.refusal(reason).inc();
                 if let Some(link) = link {
                     core.send_overlay(link, Outbound::Text(frame.to_text()), now);
                 }
             }
             Decision::Drop(reason) => {
-                core.metrics.frames_dropped.inc();
+                core.metrics.frames_dropped.refusal(reason).inc();
                 if reason == routing::Refusal::Loop {
                     core.security_event("loop", "a binary frame came back to this node; dropped");
                 }
             }
             Decision::Reject(routing::Rejection::PathNotAllowed { originator }) => {
-                core.metrics.frames_dropped.inc();
+                core.metrics.frames_dropped.path_not_allowed.inc();
                 core.security_event(
                     "path_not_allowed",
                     format_args!("node {peer:?} sent a binary frame for {originator:?}, outside its allow-list; dropped"),
@@ -112,7 +116,7 @@ impl Engine {
     /// A binary frame this node forwarded found no room toward its next hop.
     pub(super) fn bulk_dropped(&mut self, link: LinkId, bytes: &[u8]) {
         let core = &mut self.core;
-        core.metrics.frames_dropped.inc();
+        core.metrics.frames_dropped.queue_full.inc();
         let limits = binary_limits(&core.settings.limits);
         // The node encoded these bytes itself, so they decode; a failure only skips the error.
         let Ok(frame) = binary::decode(bytes, &limits) else {

@@ -362,7 +362,7 @@ impl Engine {
     pub fn status(&self, now: Instant) -> serde_json::Value {
         let mut status = self.core.status(now);
         for stage in &self.stages {
-            if let Some((key, value)) = stage.status() {
+            if let Some((key, value)) = stage.status(now) {
                 status[key] = value;
             }
         }

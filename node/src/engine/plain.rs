@@ -226,6 +226,14 @@ impl Engine {
                 Ok((plain, pending)) => {
                     let to = pending.data.link;
                     self.core.release(to);
+                    // The CALL's send time is its deadline less the timeout it was given.
+                    if let Some(sent) = pending
+                        .deadline
+                        .checked_sub(self.core.settings.request_timeout)
+                    {
+                        let took = now.saturating_duration_since(sent);
+                        self.core.metrics.relay_latency.observe(took.as_secs_f64());
+                    }
                     let mut text = None;
                     if let Some((i, m)) = pending.data.mark {
                         let answer = match &plain.body {

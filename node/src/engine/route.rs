@@ -138,7 +138,7 @@ impl Engine {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(%link, peer = %peer, error = %e, "malformed overlay frame dropped");
-                self.core.metrics.frames_dropped.inc();
+                self.core.metrics.frames_dropped.malformed.inc();
                 return;
             }
         };
@@ -217,14 +217,14 @@ impl Engine {
                 reason,
             } => {
                 tracing::info!(dest = %frame.dest.first(), reason = reason.description(), "CALL refused");
-                core.metrics.frames_dropped.inc();
+                core.metrics.frames_dropped.refusal(reason).inc();
                 if let Some(link) = link {
                     self.send(link, frame, now);
                 }
                 Routed::Refused(reason.description())
             }
             Decision::Drop(reason) => {
-                core.metrics.frames_dropped.inc();
+                core.metrics.frames_dropped.refusal(reason).inc();
                 if reason == routing::Refusal::Loop {
                     core.security_event("loop", "a frame came back to this node; dropped");
                 } else {
@@ -233,7 +233,7 @@ impl Engine {
                 Routed::Dropped
             }
             Decision::Reject(routing::Rejection::PathNotAllowed { originator }) => {
-                core.metrics.frames_dropped.inc();
+                core.metrics.frames_dropped.path_not_allowed.inc();
                 let peer = ingress
                     .link()
                     .and_then(|l| core.node_link(l))
@@ -588,7 +588,7 @@ impl Engine {
         let Ok(frame) = decode_plain(text, &self.core.settings.limits) else {
             return;
         };
-        self.core.metrics.frames_dropped.inc();
+        self.core.metrics.frames_dropped.queue_full.inc();
         tracing::warn!(%link, charger = %charger, "CSMS socket does not keep up; frame not queued");
         if frame.message_type() != MessageType::Call {
             return;

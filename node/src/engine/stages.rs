@@ -126,7 +126,7 @@ pub trait Stage: Send {
     /// Once a second.
     fn tick(&mut self, _cx: &mut Cx<'_>) {}
     /// A section for the admin API's status, under this key.
-    fn status(&self) -> Option<(&'static str, Value)> {
+    fn status(&self, _now: Instant) -> Option<(&'static str, Value)> {
         None
     }
 }

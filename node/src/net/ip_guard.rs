@@ -82,6 +82,14 @@ impl IpGuard {
         Ok(())
     }
 
+    /// How much longer `ip` is blocked after failed authentications, if it is. A lookup only:
+    /// for callers that check per request rather than per connection (the admin API).
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let until = table.get(&ip)?.blocked_until?;
+        (now < until).then(|| until - now)
+    }
+
     /// Records a failed authentication; returns the block it started, if any.
     pub fn auth_failed(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());

@@ -181,6 +181,7 @@ async fn upgrade<S>(
                 id: up.id,
                 version,
                 listener: cfg.name.clone(),
+                security_profile: cfg.security_profile,
                 max_frame_bytes: cfg.max_frame_bytes,
                 remote: peer,
                 max_pending_calls: cfg.max_pending_calls,

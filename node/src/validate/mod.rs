@@ -74,7 +74,7 @@ impl Stage for Busy {
         if f.frame.message_type() != MessageType::Call || f.outstanding < f.max_pending {
             return Verdict::Continue;
         }
-        cx.metrics().frames_dropped.inc();
+        cx.metrics().frames_dropped.busy.inc();
         tracing::debug!(charger = %f.charger, max = f.max_pending, "too many CALLs waiting for an answer; answered busy");
         Verdict::Reply(Frame::error(f.frame.id.as_ref(), "GenericError", "busy").to_plain_string())
     }

@@ -2,6 +2,7 @@
 //! and announces its ports with `listening <name> <url>` lines, so tests run in parallel.
 #![allow(dead_code)] // each test binary uses a different part of this harness
 
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -113,6 +114,16 @@ fn config_text(dir: &Path, listener_extra: &str, extra: &str) -> String {
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        // A failing test shows why the node behaved as it did; its temp dir is gone after this.
+        if std::thread::panicking() {
+            let log = self.stderr_log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let exited = self.child.try_wait().ok().flatten();
+            eprintln!(
+                "--- node stderr (last 40 lines; exited: {exited:?}) ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -147,10 +158,10 @@ pub fn spawn_node(
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        // Drain to the end even after the caller stopped listening, so that the node never
+        // writes into a closed pipe.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let mut urls = std::collections::BTreeMap::new();
@@ -168,7 +179,38 @@ pub fn spawn_node(
             urls.insert(name.to_owned(), url.to_owned());
         }
     }
+    if let Some(admin) = urls.get("admin") {
+        remember_admin_token(config, admin);
+    }
     (child, urls)
+}
+
+/// Admin URL → the node's admin token, so that every request of a test carries it.
+static ADMIN_TOKENS: std::sync::Mutex<BTreeMap<String, String>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The token a node generated into `<data_dir>/admin.token` (the test configs set none in a
+/// secrets file); it exists once the node has announced its admin API.
+fn remember_admin_token(config: &Path, admin: &str) {
+    let text = std::fs::read_to_string(config).expect("read config");
+    let table: toml::Table = toml::from_str(&text).expect("config toml");
+    let data_dir = table
+        .get("node")
+        .and_then(|n| n.get("data_dir"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("ocpp-node-data");
+    if let Ok(token) = std::fs::read_to_string(Path::new(data_dir).join("admin.token")) {
+        admin_tokens().insert(admin.to_owned(), token.trim().to_owned());
+    }
+}
+
+fn admin_tokens() -> std::sync::MutexGuard<'static, BTreeMap<String, String>> {
+    ADMIN_TOKENS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The admin token of the node at `base`, as [`spawn_node`] found it.
+pub fn admin_token(base: &str) -> Option<String> {
+    admin_tokens().get(base).cloned()
 }
 
 pub fn http_get_json(base: &str, path: &str) -> serde_json::Value {
@@ -178,9 +220,12 @@ pub fn http_get_json(base: &str, path: &str) -> serde_json::Value {
 pub fn http_get_text(base: &str, path: &str) -> String {
     let host = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(host).expect("connect admin");
+    let auth = admin_token(base)
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
     )
     .expect("write");
     let mut text = String::new();
