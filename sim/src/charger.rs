@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use wire::OcppVersion;
 
 use crate::payloads::{v16, v201};
-use crate::session::{Session, Stats};
+use crate::session::{Resilience, Session, Stats};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -48,6 +48,13 @@ pub struct Args {
     /// Seconds to stay connected after the script, answering CSMS-initiated calls.
     #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// Milliseconds to pause before each CALL, so that a run spans a fault a test injects.
+    #[arg(long, default_value_t = 0)]
+    pace_ms: u64,
+    /// After a lost connection, keep connecting again for this many seconds and resend the
+    /// unanswered CALL (0: a lost connection fails the charger).
+    #[arg(long, default_value_t = 0)]
+    reconnect_for: u64,
 }
 
 pub fn parse_version(s: &str) -> Result<OcppVersion, String> {
@@ -92,6 +99,9 @@ pub async fn run(args: Args) -> Result<bool> {
         total.calls += outcome.stats.calls;
         total.errors += outcome.stats.errors;
         total.answered += outcome.stats.answered;
+        total.reconnects += outcome.stats.reconnects;
+        total.transaction_calls += outcome.stats.transaction_calls;
+        total.max_wait_ms = total.max_wait_ms.max(outcome.stats.max_wait_ms);
         match outcome.error {
             None => ok += 1,
             Some(e) => {
@@ -107,6 +117,9 @@ pub async fn run(args: Args) -> Result<bool> {
         "calls": total.calls,
         "errors": total.errors,
         "answered": total.answered,
+        "reconnects": total.reconnects,
+        "transaction_calls": total.transaction_calls,
+        "max_wait_ms": total.max_wait_ms,
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });
     println!("{summary}");
@@ -117,9 +130,15 @@ async fn run_one(args: &Args, index: u32) -> Outcome {
     let id = format!("{}{index}", args.id_prefix);
     let url = format!("{}/{id}", args.url.trim_end_matches('/'));
     let timeout = Duration::from_secs(args.timeout);
-    let mut session =
+    // With --reconnect-for the first connection is retried too: in a docker topology the
+    // chargers may start before the node listens.
+    let give_up = Instant::now() + Duration::from_secs(args.reconnect_for);
+    let mut session = loop {
         match Session::connect(&url, &id, args.version, args.password.as_deref(), timeout).await {
-            Ok(session) => session,
+            Ok(session) => break session,
+            Err(_) if Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             Err(error) => {
                 return Outcome {
                     id,
@@ -127,7 +146,12 @@ async fn run_one(args: &Args, index: u32) -> Outcome {
                     error: Some(error),
                 };
             }
-        };
+        }
+    };
+    session.set_resilience(Resilience {
+        pace: Duration::from_millis(args.pace_ms),
+        reconnect_for: Duration::from_secs(args.reconnect_for),
+    });
     let mut result = match args.version {
         OcppVersion::V16 => script_v16(&mut session, args, &id).await,
         _ => script_v201(&mut session, args, &id).await,

@@ -33,10 +33,44 @@ pub struct Stats {
     pub errors: u64,
     /// CSMS-initiated CALLs answered (with a result or a CALLERROR).
     pub answered: u64,
+    /// Connections opened again after one was lost (`--reconnect-for`).
+    pub reconnects: u64,
+    /// Transaction messages (start, stop, meter values, events) that got a CALLRESULT.
+    pub transaction_calls: u64,
+    /// The longest a CALL waited for its answer, reconnects included, in milliseconds.
+    pub max_wait_ms: u64,
+}
+
+/// Actions whose messages must reach the CSMS exactly once (counted apart in the summary).
+const TRANSACTION_ACTIONS: [&str; 4] = [
+    "StartTransaction",
+    "StopTransaction",
+    "MeterValues",
+    "TransactionEvent",
+];
+
+/// How a session keeps going: the pause before each CALL, and how long it tries to connect
+/// again after losing its connection (0: a lost connection fails the charger).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resilience {
+    pub pace: Duration,
+    pub reconnect_for: Duration,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What came back for a CALL on a live connection.
+enum Exchange {
+    Answer(Answer),
+    Timeout,
 }
 
 pub struct Session {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: Ws,
+    url: String,
+    identity: String,
+    password: Option<String>,
+    resilience: Resilience,
     version: OcppVersion,
     /// Per-connection counter: every charger numbers its messages from 1, as real ones do, which
     /// is what makes a node's correlation table key on (source, id).
@@ -55,40 +89,13 @@ impl Session {
         password: Option<&str>,
         timeout: Duration,
     ) -> Result<Self> {
-        let mut request = url
-            .into_client_request()
-            .with_context(|| format!("invalid URL {url}"))?;
-        let headers = request.headers_mut();
-        headers.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(version.subprotocol()),
-        );
-        if let Some(password) = password {
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{identity}:{password}"));
-            let value = HeaderValue::from_str(&format!("Basic {token}"))
-                .context("identity or password cannot be sent in an HTTP header")?;
-            headers.insert("Authorization", value);
-        }
-        let (ws, response) =
-            tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request))
-                .await
-                .map_err(|_| anyhow!("connecting to {url} timed out after {timeout:?}"))?
-                .with_context(|| format!("connecting to {url}"))?;
-        // tungstenite already fails a handshake whose subprotocol differs from the one offered,
-        // but a server that omits the header is accepted; a charger must not guess the version.
-        let agreed = response
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok());
-        if agreed != Some(version.subprotocol()) {
-            bail!(
-                "{url} did not accept subprotocol {} (answered {agreed:?})",
-                version.subprotocol()
-            );
-        }
+        let ws = open(url, identity, version, password, timeout).await?;
         Ok(Session {
             ws,
+            url: url.to_owned(),
+            identity: identity.to_owned(),
+            password: password.map(str::to_owned),
+            resilience: Resilience::default(),
             version,
             next_id: 1,
             timeout,
@@ -97,28 +104,92 @@ impl Session {
         })
     }
 
-    /// Sends a CALL and returns the CALLRESULT payload. A CALLERROR is an error.
+    pub fn set_resilience(&mut self, resilience: Resilience) {
+        self.resilience = resilience;
+    }
+
+    /// Sends a CALL and returns the CALLRESULT payload. A CALLERROR is an error. With
+    /// `reconnect_for`, a lost connection is opened again and the same frame (same id, same
+    /// payload) sent again, as a charger retries a message it has no answer for.
     pub async fn call(&mut self, action: &str, payload: &Value) -> Result<Value> {
+        if !self.resilience.pace.is_zero() {
+            tokio::time::sleep(self.resilience.pace).await;
+        }
         let id = self.next_id.to_string();
         self.next_id += 1;
         let raw = serde_json::value::to_raw_value(payload)?;
         let text = Frame::call(id.as_str(), action, &raw).to_plain_string();
-        self.send_text(text).await?;
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
         loop {
-            let Some(text) = self.next_text(deadline).await? else {
-                bail!("no answer to {action} (id {id}) within {:?}", self.timeout);
+            let outcome = match self.exchange(&text, &id).await {
+                Err(lost) if !self.resilience.reconnect_for.is_zero() => {
+                    tracing::info!(charger = %self.identity, error = %lost, "connection lost; connecting again");
+                    self.reconnect(lost).await?;
+                    continue;
+                }
+                other => other?,
             };
-            match self.handle_incoming(&text, Some(&id)).await? {
-                Some(Answer::Result(value)) => {
+            let waited = started.elapsed().as_millis() as u64;
+            self.stats.max_wait_ms = self.stats.max_wait_ms.max(waited);
+            match outcome {
+                Exchange::Answer(Answer::Result(value)) => {
                     self.stats.calls += 1;
+                    if TRANSACTION_ACTIONS.contains(&action) {
+                        self.stats.transaction_calls += 1;
+                    }
                     return Ok(value);
                 }
-                Some(Answer::Error(code, description)) => {
+                Exchange::Answer(Answer::Error(code, description)) => {
                     self.stats.errors += 1;
                     bail!("{action} (id {id}) got CALLERROR {code}: {description}");
                 }
-                None => {}
+                Exchange::Timeout => {
+                    bail!("no answer to {action} (id {id}) within {:?}", self.timeout)
+                }
+            }
+        }
+    }
+
+    /// Sends `text` and waits for the answer to `id`; `Err` only when the connection failed.
+    async fn exchange(&mut self, text: &str, id: &str) -> Result<Exchange> {
+        self.send_text(text.to_owned()).await?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let Some(text) = self.next_text(deadline).await? else {
+                return Ok(Exchange::Timeout);
+            };
+            if let Some(answer) = self.handle_incoming(&text, Some(id)).await? {
+                return Ok(Exchange::Answer(answer));
+            }
+        }
+    }
+
+    /// Opens the connection again, trying every half second for `reconnect_for`.
+    async fn reconnect(&mut self, lost: anyhow::Error) -> Result<()> {
+        let deadline = Instant::now() + self.resilience.reconnect_for;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match open(
+                &self.url,
+                &self.identity,
+                self.version,
+                self.password.as_deref(),
+                self.timeout,
+            )
+            .await
+            {
+                Ok(ws) => {
+                    self.ws = ws;
+                    self.stats.reconnects += 1;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(lost.context(format!(
+                        "still not connected after {:?}: {e:#}",
+                        self.resilience.reconnect_for
+                    )));
+                }
+                Err(_) => {}
             }
         }
     }
@@ -236,6 +307,48 @@ impl Session {
             .await
             .context("sending a frame")
     }
+}
+
+/// Opens `url` offering exactly one subprotocol, with Basic auth when `password` is given.
+async fn open(
+    url: &str,
+    identity: &str,
+    version: OcppVersion,
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<Ws> {
+    let mut request = url
+        .into_client_request()
+        .with_context(|| format!("invalid URL {url}"))?;
+    let headers = request.headers_mut();
+    headers.insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(version.subprotocol()),
+    );
+    if let Some(password) = password {
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{identity}:{password}"));
+        let value = HeaderValue::from_str(&format!("Basic {token}"))
+            .context("identity or password cannot be sent in an HTTP header")?;
+        headers.insert("Authorization", value);
+    }
+    let (ws, response) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request))
+        .await
+        .map_err(|_| anyhow!("connecting to {url} timed out after {timeout:?}"))?
+        .with_context(|| format!("connecting to {url}"))?;
+    // tungstenite already fails a handshake whose subprotocol differs from the one offered,
+    // but a server that omits the header is accepted; a charger must not guess the version.
+    let agreed = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok());
+    if agreed != Some(version.subprotocol()) {
+        bail!(
+            "{url} did not accept subprotocol {} (answered {agreed:?})",
+            version.subprotocol()
+        );
+    }
+    Ok(ws)
 }
 
 enum Answer {

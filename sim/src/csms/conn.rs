@@ -120,6 +120,11 @@ impl Connection<'_> {
                 // Counted before the reply goes out: a charger that has its answer can rely on
                 // the CALL showing in a summary printed afterwards.
                 self.counters.count(Event::Action(index));
+                if super::stats::TRANSACTION_ACTIONS.contains(&action.as_ref()) {
+                    self.shared
+                        .stats
+                        .transaction_message(self.charger, action, payload.get());
+                }
                 let reply = Frame::result(frame.id.as_ref(), answer.raw()).to_plain_string();
                 self.send(reply).await?;
                 if ACTIONS[index].kind == Kind::Boot && !config.on_boot.is_empty() {

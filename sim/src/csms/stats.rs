@@ -141,7 +141,18 @@ pub struct Stats {
     /// Upgrades refused (unknown charger path, refused id, no acceptable subprotocol).
     refused: AtomicU64,
     registry: Mutex<Registry>,
+    /// Transaction messages seen, by (charger, action, payload): the same content twice is a
+    /// duplicate a relay let through (docker topology tests check for none).
+    transaction_messages: Mutex<HashMap<String, u64>>,
 }
+
+/// Actions whose every message must reach the CSMS exactly once.
+pub const TRANSACTION_ACTIONS: [&str; 4] = [
+    "StartTransaction",
+    "StopTransaction",
+    "MeterValues",
+    "TransactionEvent",
+];
 
 impl Stats {
     pub fn new(by_charger: bool) -> Self {
@@ -152,7 +163,18 @@ impl Stats {
             connections: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             registry: Mutex::default(),
+            transaction_messages: Mutex::default(),
         }
+    }
+
+    /// Records a transaction message; counts are in the summary's `transaction_messages`.
+    pub fn transaction_message(&self, charger: &str, action: &str, payload: &str) {
+        let key = format!("{charger}\0{action}\0{payload}");
+        let mut seen = self
+            .transaction_messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *seen.entry(key).or_default() += 1;
     }
 
     /// A poisoned lock only means a report panicked half-way; the counts are still usable.
@@ -212,6 +234,18 @@ impl Stats {
             "csms_calls_errors": totals.csms_errors,
             "elapsed_ms": self.started.elapsed().as_millis() as u64,
         });
+        {
+            let seen = self
+                .transaction_messages
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let total: u64 = seen.values().sum();
+            summary["transaction_messages"] = json!({
+                "total": total,
+                "distinct": seen.len(),
+                "duplicated": total - seen.len() as u64,
+            });
+        }
         if self.by_charger {
             let mut per_charger = registry.closed_by_charger.clone();
             for conn in registry.live.values() {
