@@ -102,6 +102,7 @@ pub async fn run(args: Args) -> Result<bool> {
         total.reconnects += outcome.stats.reconnects;
         total.transaction_calls += outcome.stats.transaction_calls;
         total.max_wait_ms = total.max_wait_ms.max(outcome.stats.max_wait_ms);
+        total.local_transaction_ids += outcome.stats.local_transaction_ids;
         match outcome.error {
             None => ok += 1,
             Some(e) => {
@@ -120,6 +121,7 @@ pub async fn run(args: Args) -> Result<bool> {
         "reconnects": total.reconnects,
         "transaction_calls": total.transaction_calls,
         "max_wait_ms": total.max_wait_ms,
+        "local_transaction_ids": total.local_transaction_ids,
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });
     println!("{summary}");
@@ -223,6 +225,9 @@ async fn script_v16(s: &mut Session, args: &Args, id: &str) -> Result<()> {
         let Some(transaction_id) = start.get("transactionId").and_then(Value::as_i64) else {
             bail!("StartTransaction answer has no integer transactionId: {start}");
         };
+        if transaction_id < 0 {
+            s.stats.local_transaction_ids += 1;
+        }
         for _ in 0..args.meter_values {
             meter += 1000;
             s.call("MeterValues", &v16::meter_values(1, transaction_id, meter))

@@ -39,6 +39,9 @@ pub struct Stats {
     pub transaction_calls: u64,
     /// The longest a CALL waited for its answer, reconnects included, in milliseconds.
     pub max_wait_ms: u64,
+    /// 1.6 StartTransactions answered with a negative (local) transaction id: an edge answered
+    /// them while its uplink was down.
+    pub local_transaction_ids: u64,
 }
 
 /// Actions whose messages must reach the CSMS exactly once (counted apart in the summary).

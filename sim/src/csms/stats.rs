@@ -143,7 +143,16 @@ pub struct Stats {
     registry: Mutex<Registry>,
     /// Transaction messages seen, by (charger, action, payload): the same content twice is a
     /// duplicate a relay let through (docker topology tests check for none).
-    transaction_messages: Mutex<HashMap<String, u64>>,
+    transaction_messages: Mutex<TransactionMessages>,
+}
+
+/// What [`Stats::transaction_message`] keeps.
+#[derive(Default)]
+struct TransactionMessages {
+    /// How often each content key arrived.
+    counts: HashMap<String, u64>,
+    /// Messages that carried a local (negative) 1.6 transaction id.
+    local_ids: u64,
 }
 
 /// Actions whose every message must reach the CSMS exactly once.
@@ -168,13 +177,31 @@ impl Stats {
     }
 
     /// Records a transaction message; counts are in the summary's `transaction_messages`.
+    ///
+    /// The key is the content a relay must not change or repeat. A 1.6 StopTransaction's or
+    /// MeterValues' `transactionId` is left out of it: an edge that answered a StartTransaction
+    /// offline rewrites its local id to the CSMS's on replay, and a copy that escaped with the
+    /// local id must still count as the same message (a duplicate), not as a new one. Such a
+    /// local (negative) id reaching the CSMS is counted apart, as `local_ids`.
     pub fn transaction_message(&self, charger: &str, action: &str, payload: &str) {
-        let key = format!("{charger}\0{action}\0{payload}");
+        let mut content: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+        let mut local_id = false;
+        if matches!(action, "StopTransaction" | "MeterValues") {
+            if let Some(id) = content
+                .as_object_mut()
+                .and_then(|o| o.remove("transactionId"))
+            {
+                local_id = id.as_i64().is_some_and(|id| id < 0);
+            }
+        }
+        // serde_json's map is ordered by key, so the same content always prints the same.
+        let key = format!("{charger}\0{action}\0{content}");
         let mut seen = self
             .transaction_messages
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        *seen.entry(key).or_default() += 1;
+        *seen.counts.entry(key).or_default() += 1;
+        seen.local_ids += u64::from(local_id);
     }
 
     /// A poisoned lock only means a report panicked half-way; the counts are still usable.
@@ -239,11 +266,12 @@ impl Stats {
                 .transaction_messages
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let total: u64 = seen.values().sum();
+            let total: u64 = seen.counts.values().sum();
             summary["transaction_messages"] = json!({
                 "total": total,
-                "distinct": seen.len(),
-                "duplicated": total - seen.len() as u64,
+                "distinct": seen.counts.len(),
+                "duplicated": total - seen.counts.len() as u64,
+                "local_ids": seen.local_ids,
             });
         }
         if self.by_charger {
@@ -309,5 +337,36 @@ mod tests {
         assert_eq!(s["by_action"][ACTIONS[1].name], 1);
         assert_eq!(s["by_charger"]["A"], 3);
         assert_eq!(s["by_charger"]["B"], 1);
+    }
+
+    #[test]
+    fn a_replay_with_a_rewritten_transaction_id_is_a_duplicate() {
+        let stats = Stats::new(false);
+        let stop = |id: i64| format!(r#"{{"transactionId":{id},"meterStop":9,"timestamp":"t"}}"#);
+        stats.transaction_message("A", "StopTransaction", &stop(-1));
+        stats.transaction_message("A", "StopTransaction", &stop(17));
+        // The same content from another charger, and a start, are distinct messages.
+        stats.transaction_message("B", "StopTransaction", &stop(17));
+        stats.transaction_message("A", "StartTransaction", r#"{"meterStart":9}"#);
+        let tx = &stats.summary()["transaction_messages"];
+        assert_eq!(tx["total"], 4);
+        assert_eq!(tx["distinct"], 3);
+        assert_eq!(tx["duplicated"], 1);
+        assert_eq!(tx["local_ids"], 1);
+    }
+
+    #[test]
+    fn transaction_events_differ_by_seq_no() {
+        let stats = Stats::new(false);
+        let event =
+            |seq: u32| format!(r#"{{"seqNo":{seq},"transactionInfo":{{"transactionId":"x"}}}}"#);
+        stats.transaction_message("A", "TransactionEvent", &event(0));
+        stats.transaction_message("A", "TransactionEvent", &event(1));
+        stats.transaction_message("A", "TransactionEvent", &event(1));
+        let tx = &stats.summary()["transaction_messages"];
+        assert_eq!(
+            (tx["distinct"].as_u64(), tx["duplicated"].as_u64()),
+            (Some(2), Some(1))
+        );
     }
 }
