@@ -1,6 +1,23 @@
 //! Modbus through the OCPP overlay.
 //!
-//! This crate will hold the Modbus PDUs carried inside overlay messages, the gateway that relays
-//! them to Modbus TCP/RTU devices on the site (with timeouts and strict reply validation), and the
-//! register maps of the grid-connection meters that dynamic load management reads. Intentionally
-//! empty until the DLM work lands.
+//! Peers of the overlay read site Modbus devices (grid meters above all, for dynamic load
+//! management) through a gateway node, without a VPN into the fieldbus. This crate holds the
+//! pieces, one concept per module:
+//!
+//! - [`pdu`]: strict parsing and encoding of Modbus read PDUs (writes are refused);
+//! - [`allow`]: the allow-list deciding which peer may read which registers;
+//! - [`transfer`]: the JSON payloads of the overlay CALL `ModbusTransfer`;
+//! - [`map`]: meter register maps (SunSpec 201–204, Eastron SDM630, generic) and plausibility;
+//! - [`gateway`]: devices over Modbus TCP/RTU with timeouts, lazy reconnects and meter polls.
+
+pub mod allow;
+pub mod gateway;
+pub mod map;
+pub mod pdu;
+pub mod transfer;
+
+pub use allow::{AllowList, AllowRule, RangeRule, Refusal};
+pub use gateway::{Device, GatewayError, ReadMeterError, Transport, read_meter, serve_transfer};
+pub use map::{Map, MeterError, Plausibility, Reading};
+pub use pdu::{PduError, ReadData, ReadKind, ReadRequest};
+pub use transfer::{Status, TransferRequest, TransferResponse};

@@ -55,7 +55,8 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
         .context("cannot write the security event log")?;
     let (events, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
     let node = Arc::new(Node::new(config, files, store, metrics, audit_log, events));
-    let engine = engine_for(&node).await?;
+    let devices = crate::modbus::Devices::from_config(&node.config.meter);
+    let (engine, site_events) = engine_for(&node, &devices).await?;
     tracing::info!(stages = ?engine.stage_names(), "engine ready");
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -67,6 +68,19 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
     });
     if !node.config.uplink.is_empty() {
         tasks.spawn(conn::uplink::run(node.clone()));
+    }
+    if let (Some(dlm), Some((events, metrics))) = (node.config.dlm.clone(), site_events) {
+        let meter = grid_meter(&node, &devices, &dlm)?;
+        let status = node.dlm.get_or_init(Default::default).clone();
+        tracing::info!(meter = %dlm.meter, grid_limit_a = ?dlm.grid_limit_a, "load management on");
+        tasks.spawn(crate::dlm::run::run(
+            node.clone(),
+            dlm,
+            meter,
+            events,
+            status,
+            metrics,
+        ));
     }
 
     let mut infos = Vec::new();
@@ -161,13 +175,40 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
 
 /// The engine of this node's role. Ingress stage order: validation, the busy limit, then (an
 /// edge with an uplink) the durable outbox, which must see only frames that will be forwarded.
-async fn engine_for(node: &Arc<Node>) -> anyhow::Result<Engine> {
+async fn engine_for(
+    node: &Arc<Node>,
+    devices: &crate::modbus::Devices,
+) -> anyhow::Result<(Engine, Option<SiteEvents>)> {
     let config = &node.config;
     let settings = Settings::from_config(config);
     let limits = settings.limits;
     let mut engine = Engine::new(settings, node.metrics.clone());
     engine.add_stage(Box::new(Validate::new(node.schemas.clone())));
     engine.add_stage(Box::new(Busy));
+    // Load management watches every charger frame, so it goes before the outbox, which keeps
+    // (and answers) the frames it queues.
+    let mut site_events = None;
+    if config.dlm.is_some() {
+        let metrics = Arc::new(
+            crate::dlm::run::DlmMetrics::new(&node.metrics.registry)
+                .context("cannot register the load management metrics")?,
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::dlm::run::EVENT_QUEUE);
+        engine.add_stage(Box::new(crate::dlm::observe::Observe::new(
+            tx,
+            metrics.events_dropped.clone(),
+        )));
+        site_events = Some((rx, metrics));
+    }
+    if !config.meter.is_empty() {
+        let tunnel = crate::modbus::Tunnel::new(
+            devices.clone(),
+            modbus_tunnel::allow::AllowList(config.modbus.allow.clone()),
+        );
+        engine
+            .handlers_mut()
+            .register(Scope::Node, "ModbusTransfer", Arc::new(tunnel));
+    }
     if let Some(hub) = &config.hub {
         let o = &config.overlay;
         engine = engine.with_hub(Presence::new(
@@ -203,7 +244,45 @@ async fn engine_for(node: &Arc<Node>) -> anyhow::Result<Engine> {
             .handlers_mut()
             .register_fallback(Scope::Csms, Arc::new(csms));
     }
-    Ok(engine)
+    Ok((engine, site_events))
+}
+
+type SiteEvents = (
+    tokio::sync::mpsc::Receiver<crate::dlm::control::SiteEvent>,
+    Arc<crate::dlm::run::DlmMetrics>,
+);
+
+/// The `[[meter]]` that `[dlm] meter` names, with its register map loaded.
+fn grid_meter(
+    node: &Node,
+    devices: &crate::modbus::Devices,
+    dlm: &crate::config::DlmConfig,
+) -> anyhow::Result<crate::dlm::run::GridMeter> {
+    let m = node
+        .config
+        .meter
+        .iter()
+        .find(|m| m.name == dlm.meter)
+        .with_context(|| format!("no [[meter]] is named {:?}", dlm.meter))?;
+    let device = devices
+        .get(&m.name)
+        .with_context(|| format!("meter {:?} has no transport", m.name))?;
+    Ok(crate::dlm::run::GridMeter {
+        device,
+        unit: m.unit_id,
+        map: load_map(&m.map)?,
+    })
+}
+
+/// A shipped register map by name, or a map file.
+pub fn load_map(name: &str) -> anyhow::Result<modbus_tunnel::map::Map> {
+    if let Ok(map) = modbus_tunnel::map::Map::builtin(name) {
+        return Ok(map);
+    }
+    let text = std::fs::read_to_string(name)
+        .with_context(|| format!("cannot read the register map file {name}"))?;
+    modbus_tunnel::map::Map::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("register map {name}: {e}"))
 }
 
 #[cfg(unix)]

@@ -20,6 +20,11 @@
 //!   `/<anything>/<id>` gets one upstream WebSocket to `<upstream>/<id>` with the same
 //!   subprotocol, and frames are copied both ways unchanged. Prints
 //!   `listening forward ws://HOST:PORT/ocpp`.
+//! * `ocpp-sim site`: a closed-loop site for load-management tests: N chargers (1.6 or 2.0.1)
+//!   each run one endless transaction whose EV draw follows the charging profiles set on it
+//!   (ramped), and a Modbus TCP meter (SDM630 registers) reads a scripted base load plus that
+//!   draw. Prints `listening meter HOST:PORT`, a JSON state line every 200 ms, and a
+//!   `{"summary":{..}}` line at the end. See [`site`].
 //!
 //! At startup the soft open-file limit is raised to the hard limit, so that thousands of
 //! simulated chargers fit.
@@ -36,6 +41,7 @@ mod load;
 mod nofile;
 mod payloads;
 mod session;
+mod site;
 mod ws;
 
 use std::io::IsTerminal;
@@ -67,6 +73,8 @@ enum Command {
     Backend(backend::Args),
     /// A bare WebSocket forwarder: one upstream connection per charger, frames copied unchanged.
     Forward(forward::Args),
+    /// A load-management site: profile-obeying chargers and a Modbus meter of their draw.
+    Site(site::Args),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +104,7 @@ fn main() -> ExitCode {
             Command::Load(args) => load::run(args).await,
             Command::Backend(args) => backend::run(args).await,
             Command::Forward(args) => forward::run(args).await,
+            Command::Site(args) => site::run(args).await,
         }
     });
     match result {

@@ -1,10 +1,11 @@
 //! The admin HTTP API: the status page at `/`, `/api/status`, `/api/transactions`, `/api/events`,
-//! `/api/outbox`, `/api/audit` and `/metrics`.
+//! `/api/outbox`, `/api/audit`, `/api/dlm`, `POST /api/modbus` and `/metrics`.
 //!
 //! It listens on loopback by default and needs the admin token on every request ([`auth`]). It
-//! is read-only; nothing here can change the node.
+//! is read-only; nothing here can change the node (the Modbus tunnel only reads).
 
 pub mod auth;
+pub mod modbus;
 pub mod page;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub fn router(node: Arc<Node>, auth: Arc<auth::AdminAuth>) -> axum::Router {
         .route("/api/events", get(events))
         .route("/api/outbox", get(outbox))
         .route("/api/audit", get(audit))
+        .route("/api/dlm", get(modbus::dlm))
+        .route("/api/modbus", axum::routing::post(modbus::read))
         .route("/metrics", get(metrics))
         .with_state(node.clone())
         .merge(login)
@@ -92,6 +95,7 @@ pub async fn status_json(node: &Node) -> Value {
         "routes": routing["routes"],
         "csmsConnections": routing["csmsConnections"],
         "outbox": routing["outbox"],
+        "dlm": node.dlm.get().map(|s| s.get()),
     })
 }
 

@@ -383,6 +383,7 @@ pub(super) fn validate(
         err("node.id".into(), m.into());
     }
     check_roles(config, &mut err);
+    super::dlm::check(config, &mut err);
     if config.node.data_dir.as_os_str().is_empty() {
         err("node.data_dir".into(), "must not be empty".into());
     }

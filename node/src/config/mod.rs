@@ -17,10 +17,12 @@ use serde::{Deserialize, Deserializer};
 use wire::OcppVersion;
 
 mod check;
+pub mod dlm;
 pub mod files;
 mod parse;
 
 pub use check::{check_ws_url, valid_charger_id, valid_node_id};
+pub use dlm::{DlmChargerConfig, DlmConfig, MeterConfig, MeterTransport, ModbusConfig};
 
 /// The embedded default configuration (also the documented reference example).
 pub const DEFAULT_TOML: &str = include_str!("../../default.toml");
@@ -37,7 +39,7 @@ const MAX_PASSES: usize = 100;
 // The configuration types
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node: NodeConfig,
@@ -60,6 +62,11 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The durable queue of transaction messages (edge role).
     pub outbox: OutboxConfig,
+    /// Load management against the grid meter (local-controller role).
+    pub dlm: Option<DlmConfig>,
+    /// Modbus devices the node reads (the grid meter, and the tunnel's targets).
+    pub meter: Vec<MeterConfig>,
+    pub modbus: ModbusConfig,
 }
 
 impl Default for Config {
@@ -77,6 +84,9 @@ impl Default for Config {
             hub: None,
             audit: AuditConfig::default(),
             outbox: OutboxConfig::default(),
+            dlm: None,
+            meter: Vec::new(),
+            modbus: ModbusConfig::default(),
         }
     }
 }

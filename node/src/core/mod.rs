@@ -7,6 +7,7 @@ pub mod identity;
 pub mod ids;
 pub mod metrics;
 pub mod node;
+pub mod published;
 pub mod secrets;
 pub mod small_file;
 pub mod store;

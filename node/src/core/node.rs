@@ -101,6 +101,8 @@ pub struct Node {
     pub started: Instant,
     /// Numbers connections; shared with the engine, which numbers the hub's CSMS sockets.
     pub conn_ids: Arc<AtomicU64>,
+    /// Load management's last decisions, for `/api/dlm` (set when `[dlm]` runs).
+    pub dlm: OnceLock<Arc<crate::core::published::Published>>,
 }
 
 impl Node {
@@ -140,6 +142,7 @@ impl Node {
             listeners: OnceLock::new(),
             started: Instant::now(),
             conn_ids: Arc::new(AtomicU64::new(1)),
+            dlm: OnceLock::new(),
         }
     }
 
