@@ -270,7 +270,12 @@ fn grid_meter(
     Ok(crate::dlm::run::GridMeter {
         device,
         unit: m.unit_id,
-        map: load_map(&m.map)?,
+        map: match m.max_current_a {
+            Some(a) => load_map(&m.map)?
+                .with_max_current_a(a)
+                .map_err(|e| anyhow::anyhow!("meter {:?}: {e}", m.name))?,
+            None => load_map(&m.map)?,
+        },
     })
 }
 

@@ -160,8 +160,6 @@ fn longest_excess(samples: &[Sample]) -> f64 {
 }
 
 #[test]
-#[ignore = "fails today: the meter total stays above the grid limit through the 50 A base-load \
-            step (issue 13 is not resolved; README status of this build)"]
 fn ten_chargers_share_the_grid_through_base_load_steps() {
     let port = free_port();
     let node = NodeProc::start("", &dlm_config(port, 3));

@@ -671,6 +671,50 @@ mod tests {
         assert_eq!(ids(&Announcer::routes_for(&t, DOWN, now)), ["hubside"]);
     }
 
+    /// Multi-hop: a node announces its directly linked node peers upstream like its chargers
+    /// (so a hub reaches an edge behind a mid node), never back to the peer itself, and no
+    /// other link can claim the peer's id while it is linked.
+    #[test]
+    fn a_linked_node_is_announced_upstream_and_cannot_be_claimed_elsewhere() {
+        let now = Instant::now();
+        let mut t = Table::default();
+        assert!(t.neighbour_up("edge-2", DOWN, now).is_ok());
+        assert_eq!(ids(&Announcer::routes_for(&t, UP, now)), ["edge-2"]);
+        assert!(Announcer::routes_for(&t, DOWN, now).is_empty());
+
+        let applied = apply(
+            &mut t,
+            OTHER,
+            &allow(&["*"]),
+            &ann(&["edge-2"], &[], true, Some(60)),
+            &ApplyOptions::default(),
+            now,
+        );
+        assert_eq!(
+            applied.rejected,
+            vec![(
+                "edge-2".to_owned(),
+                RouteRejection::ClaimedElsewhere { link: DOWN }
+            )]
+        );
+        assert_eq!(t.lookup("edge-2", now).map(|h| h.link), Some(DOWN));
+
+        // The upstream side: the announced node is reachable through the announcing link, and
+        // goes with the link.
+        let mut hub = Table::default();
+        let applied = apply(
+            &mut hub,
+            UP,
+            &allow(&["CP-*", "edge-2"]),
+            &ann(&["edge-2"], &[], true, Some(60)),
+            &ApplyOptions::default(),
+            now,
+        );
+        assert_eq!(applied.installed, ["edge-2"]);
+        assert_eq!(hub.lookup("edge-2", now).map(|h| h.link), Some(UP));
+        assert_eq!(hub.remove_link(UP, now).unreachable, ["edge-2"]);
+    }
+
     #[test]
     fn payload_shape_and_round_trip() {
         let a = Announcement {

@@ -11,7 +11,9 @@
 //! # Modules
 //! * [`glob`]: [`Glob`] (`*`, `?`) and [`AllowList`], for node allow-lists and static rules.
 //! * [`table`]: [`Table`]: exact routes (static, connect, announce, auto-learn; priority,
-//!   expiry, OCPP version) → longest static glob rule → default route. Bounded.
+//!   expiry, OCPP version) → longest static glob rule → default route. Bounded. A linked node
+//!   peer's own id is a connect route too ([`Table::neighbour_up`]), so node-originated CALLs
+//!   can be addressed to it.
 //! * [`forward`]: [`Forwarder::receive`] / [`Forwarder::decide`] turn an arriving
 //!   [`wire::text::OverlayFrame`] into a [`Decision`]: deliver, forward, broadcast, reply with a
 //!   CALLERROR, drop, or reject.
@@ -23,6 +25,7 @@
 //! # Driving it from a node
 //! ```text
 //! on link up (overlay neighbour): announcer.link_up(link); send announcer.announce(...)
+//! on inbound node peer up:        table.neighbour_up(<authenticated id>, link, now); re-announce
 //! on uplink active:               table.set_default(Some(link))
 //! on plain charger connect:       table.insert(NewRoute { source: Connect, .. }); re-announce
 //! on overlay frame from link:     forwarder.receive(&mut table, Ingress::Node { link, allow }, frame, now)

@@ -266,6 +266,38 @@ impl Table {
         Ok(())
     }
 
+    /// A node peer authenticated as `id` on `link` (§3.2, §6.2): its own id becomes a connect
+    /// route over that link, so that CALLs addressed to the node reach it, and
+    /// [`Table::remove_link`] withdraws it with the link. The id comes from the authentication,
+    /// never from a frame, so a neighbour cannot make itself the route to another node.
+    ///
+    /// A newer link of the same node replaces the older one's route at once, as a charger's
+    /// newer connection does (§4): the older link may linger until its pings time out, and the
+    /// lower link id would otherwise keep winning the tie. The replaced entries are returned.
+    pub fn neighbour_up(
+        &mut self,
+        id: &str,
+        link: LinkId,
+        now: Instant,
+    ) -> Result<Removed, TableError> {
+        if is_reserved(id) {
+            return Err(TableError::Reserved(id.to_owned()));
+        }
+        self.insert(NewRoute {
+            dest: id.to_owned(),
+            link,
+            priority: 0,
+            source: Source::Connect,
+            expires: None,
+            version: None,
+        })?;
+        Ok(self.remove_where(
+            |e| e.dest == id && e.link != link && e.source == Source::Connect,
+            Some(id),
+            now,
+        ))
+    }
+
     /// Removes the entry for (dest, link, source), if any.
     pub fn remove(
         &mut self,
@@ -712,6 +744,76 @@ mod tests {
         assert_eq!(w.unreachable, vec!["CP-1".to_owned()]);
         assert!(t.is_empty());
         assert_eq!(t.iter().count(), 0);
+    }
+
+    #[test]
+    fn a_neighbour_is_routable_by_its_own_id_while_its_link_is_up() {
+        let now = Instant::now();
+        let mut t = Table::default();
+        t.set_default(Some(UP));
+        // What another link says about the node, or what traffic suggests, loses to the link
+        // the node authenticated on.
+        ok(t.insert(route("edge-1", B, 0, Source::Announce)));
+        t.auto_learn(&wire_path(&["edge-1"]), UP, now);
+        let replaced = t.neighbour_up("edge-1", A, now);
+        assert_eq!(replaced.map(|r| r.is_empty()), Ok(true));
+        assert_eq!(link_of(&t, "edge-1", now), Some(A));
+        assert!(matches!(
+            t.lookup("edge-1", now).map(|h| h.via),
+            Some(Via::Exact(RouteEntry {
+                source: Source::Connect,
+                version: None,
+                expires: None,
+                ..
+            }))
+        ));
+        assert!(t.is_present("edge-1", now));
+        // Up again on the same link: refreshed, not duplicated.
+        let before = t.len();
+        assert!(t.neighbour_up("edge-1", A, now).is_ok());
+        assert_eq!(t.len(), before);
+
+        let removed = t.remove_link(A, now);
+        assert_eq!(removed.entries.len(), 1);
+        // Still announced through B, so not gone.
+        assert!(removed.unreachable.is_empty());
+        assert_eq!(link_of(&t, "edge-1", now), Some(B));
+        t.withdraw("edge-1", B, &[Source::Announce], now);
+        // Only the guess and the default route are left, both to the uplink.
+        assert_eq!(link_of(&t, "edge-1", now), Some(UP));
+    }
+
+    #[test]
+    fn a_newer_link_of_the_same_neighbour_replaces_the_older() {
+        let now = Instant::now();
+        let mut t = Table::default();
+        assert!(t.neighbour_up("edge-1", B, now).is_ok());
+        // The reconnect gets a lower link id here, so the tie-break alone would not pick it.
+        let replaced = t.neighbour_up("edge-1", A, now).unwrap_or_default();
+        assert_eq!(replaced.entries.len(), 1);
+        assert_eq!(replaced.entries[0].link, B);
+        assert!(replaced.unreachable.is_empty(), "never unreachable between");
+        assert_eq!(link_of(&t, "edge-1", now), Some(A));
+        // The older link closing later takes nothing of the newer one's.
+        assert!(t.remove_link(B, now).is_empty());
+        assert_eq!(link_of(&t, "edge-1", now), Some(A));
+        let gone = t.remove_link(A, now);
+        assert_eq!(gone.unreachable, vec!["edge-1".to_owned()]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_neighbour_cannot_take_a_reserved_or_empty_id() {
+        let now = Instant::now();
+        let mut t = Table::default();
+        for id in [crate::CSMS, crate::BROADCAST] {
+            assert_eq!(
+                t.neighbour_up(id, A, now),
+                Err(TableError::Reserved(id.to_owned()))
+            );
+        }
+        assert_eq!(t.neighbour_up("", A, now), Err(TableError::EmptyDest));
+        assert!(t.is_empty());
     }
 
     #[test]

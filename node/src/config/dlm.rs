@@ -82,7 +82,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeterConfig {
     pub name: String,
@@ -101,6 +101,10 @@ pub struct MeterConfig {
     pub map: String,
     #[serde(default = "timeout_ms")]
     pub timeout_ms: u64,
+    /// Replaces the map's plausibility bound on a phase current: a CT-connected meter reads
+    /// what its transformers allow, far beyond a direct-connected one.
+    #[serde(default)]
+    pub max_current_a: Option<f64>,
 }
 
 fn baud() -> u32 {
@@ -168,6 +172,14 @@ pub(super) fn check(config: &Config, err: &mut impl FnMut(String, String)) {
         }
         if !(1..=60_000).contains(&m.timeout_ms) {
             err(p("timeout_ms"), "must be between 1 and 60000".into());
+        }
+        if let Some(a) = m.max_current_a
+            && !(a.is_finite() && a > 0.0 && a <= 100_000.0)
+        {
+            err(
+                p("max_current_a"),
+                "must be above 0 and at most 100000 A".into(),
+            );
         }
         if m.map.is_empty() {
             err(p("map"), "must name a shipped map or a map file".into());

@@ -23,6 +23,12 @@ use crate::config::DlmConfig;
 /// Cycles to wait before a refused or unanswered profile is sent again.
 const RETRY_CYCLES: u32 = 10;
 
+/// How long a car may take to follow a new limit (IEC 61851-1 gives it 5 s to follow a PWM
+/// change). A charger's MeterValues from before then show the old draw, mid-ramp: taken as
+/// its draw, they would make the building look heavier (or lighter) than it is and pause a
+/// charger for a cycle while room is free. Until then its limit stands for its draw.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// What the site tells the controller, from the frames the chargers and the CSMS exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SiteEvent {
@@ -65,9 +71,14 @@ struct Charger {
     params: Params,
     in_tx: bool,
     draw: Option<Phases>,
+    /// A draw came in since the last cycle: `draw_at` is stamped by the next one.
+    draw_new: bool,
+    /// When the draw was last reported (to the cycle).
+    draw_at: Option<Instant>,
     csms: Option<f64>,
-    /// The limit the charger accepted last.
+    /// The limit the charger accepted last, and when.
     in_force: Option<f64>,
+    in_force_at: Option<Instant>,
     /// What this cycle decided.
     target: Option<f64>,
     paused: bool,
@@ -195,8 +206,11 @@ impl Controller {
                         params,
                         in_tx: false,
                         draw: None,
+                        draw_new: false,
+                        draw_at: None,
                         csms: None,
                         in_force: None,
+                        in_force_at: None,
                         target: None,
                         paused: false,
                         pending: None,
@@ -220,6 +234,7 @@ impl Controller {
             SiteEvent::Draw { id, amps } => {
                 if let Some(c) = self.chargers.get_mut(&id) {
                     c.draw = Some(amps);
+                    c.draw_new = true;
                 }
             }
             SiteEvent::CsmsLimit { id, limit, resend } => {
@@ -240,6 +255,10 @@ impl Controller {
 
     /// One cycle: decides every charger's limit and returns the profiles to send now.
     pub fn cycle(&mut self, now: Instant) -> Vec<Command> {
+        for c in self.chargers.values_mut().filter(|c| c.draw_new) {
+            c.draw_new = false;
+            c.draw_at = Some(now);
+        }
         let fresh = self
             .reading
             .filter(|(at, _)| now.saturating_duration_since(*at) <= self.stale);
@@ -295,9 +314,16 @@ impl Controller {
                 let held = c.in_force.unwrap_or(self.safe_a);
                 // A charger cannot draw more than the limit it holds, whatever its last
                 // MeterValues said: the smaller figure overestimates the building, never
-                // the room left.
+                // the room left. A report from before the car could follow its limit says
+                // nothing of its draw now.
                 let on = c.params.phases;
-                let draw: Phases = std::array::from_fn(|i| match (on[i], c.draw) {
+                let settled = match (c.draw_at, c.in_force_at) {
+                    (Some(d), Some(f)) => d >= f + SETTLE,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                let measured = c.draw.filter(|_| settled);
+                let draw: Phases = std::array::from_fn(|i| match (on[i], measured) {
                     (false, _) => 0.0,
                     (true, Some(d)) => d[i].min(held),
                     (true, None) => held,
@@ -339,6 +365,9 @@ impl Controller {
         c.pending = None;
         if accepted {
             self.sent += 1;
+            if c.in_force != Some(limit_a) {
+                c.in_force_at = Some(now);
+            }
             c.in_force = Some(limit_a);
             c.retry_at = None;
         } else {

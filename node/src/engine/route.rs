@@ -53,6 +53,17 @@ impl Engine {
             core.metrics.inbound_links.inc();
         }
         tracing::info!(%link, peer = %peer, %remote, uplink = is_uplink, "overlay link up");
+        // Only an inbound peer's id was authenticated here; an uplink is known by its config
+        // name, and its node is reached by the default route anyway.
+        if !is_uplink {
+            match core.table.neighbour_up(&peer, link, now) {
+                // A replaced older link's entry was for this same id: one change covers both.
+                Ok(_) => core.announce.changed(&peer),
+                Err(e) => {
+                    tracing::error!(peer = %peer, error = %e, "cannot route to the node peer")
+                }
+            }
+        }
         core.links.insert(
             link,
             Link::Node(NodeLink {

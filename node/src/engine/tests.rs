@@ -636,6 +636,88 @@ fn a_call_addressed_to_a_node_is_answered_by_its_local_handler() {
     }
 }
 
+fn echo_call(to: &str) -> NodeCall {
+    NodeCall {
+        target: Target::Id(to.into()),
+        on_behalf: None,
+        id: None,
+        action: "Echo".into(),
+        payload: r#"{"n":1}"#.into(),
+        timeout: Some(Duration::from_secs(5)),
+    }
+}
+
+#[test]
+fn a_hub_reaches_a_linked_edge_by_its_id_until_the_link_goes() {
+    let mut net = site();
+    net.nodes[EDGE]
+        .handlers_mut()
+        .register(Scope::Node, "Echo", Arc::new(Echo));
+    assert!(net.routes(HUB).contains(&"edge-1".to_owned()));
+    let token = net.call(HUB, echo_call("edge-1"));
+    assert_eq!(
+        net.done.get(&(HUB, token)),
+        Some(&CallOutcome::Result(
+            r#"{"from":"hub-1","payload":{"n":1}}"#.into()
+        ))
+    );
+    assert!(net.take(EDGE, CP).is_empty(), "nothing reached the charger");
+
+    net.disconnect(EDGE, HUB, UP);
+    assert!(!net.routes(HUB).contains(&"edge-1".to_owned()));
+    let token = net.call(HUB, echo_call("edge-1"));
+    assert_eq!(
+        net.done.get(&(HUB, token)),
+        Some(&CallOutcome::NotSent("unreachable".into()))
+    );
+}
+
+/// edge-2 → edge-1 → hub-1: edge-1 announces its linked peer edge-2 like a charger, so the
+/// hub reaches it two hops away; upward, the default route reaches the hub.
+#[test]
+fn node_ids_are_reachable_across_a_chain_both_ways() {
+    let mut net = Net::new(vec![
+        ("edge-2", edge("edge-2")),
+        ("edge-1", edge("edge-1")),
+        ("hub-1", hub("hub-1")),
+    ]);
+    let (e2, e1, h) = (0, 1, 2);
+    net.connect(e1, h, 100);
+    net.connect(e2, e1, 101);
+    for n in [e2, h] {
+        net.nodes[n]
+            .handlers_mut()
+            .register(Scope::Node, "Echo", Arc::new(Echo));
+    }
+    assert!(net.routes(h).contains(&"edge-2".to_owned()));
+    let token = net.call(h, echo_call("edge-2"));
+    assert_eq!(
+        net.done.get(&(h, token)),
+        Some(&CallOutcome::Result(
+            r#"{"from":"hub-1","payload":{"n":1}}"#.into()
+        ))
+    );
+    let token = net.call(e2, echo_call("hub-1"));
+    assert_eq!(
+        net.done.get(&(e2, token)),
+        Some(&CallOutcome::Result(
+            r#"{"from":"edge-2","payload":{"n":1}}"#.into()
+        ))
+    );
+
+    net.disconnect(e2, e1, 101);
+    assert!(
+        !net.routes(h).contains(&"edge-2".to_owned()),
+        "withdrawn upstream"
+    );
+    let token = net.call(h, echo_call("edge-2"));
+    // The hub no longer knows edge-2, so the CALL is refused at once.
+    assert_eq!(
+        net.done.get(&(h, token)),
+        Some(&CallOutcome::NotSent("unreachable".into()))
+    );
+}
+
 #[test]
 fn the_outbox_answers_offline_and_replays_once_the_uplink_is_back() {
     let mut net = Net::new(vec![

@@ -235,6 +235,38 @@ pub fn http_get_text(base: &str, path: &str) -> String {
     body.to_owned()
 }
 
+/// POSTs `body` as JSON to the admin API with the node's token; the HTTP status and the JSON
+/// answer, whatever the status, since refusals are what some tests look at.
+pub fn http_post_json(
+    base: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).expect("connect admin");
+    let auth = admin_token(base)
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{head}\n{body}: {e}"));
+    (status, json)
+}
+
 /// Opens a charger connection; `Err` carries the HTTP status of a refused upgrade, or 0 when the
 /// node closed the connection without any HTTP answer.
 pub async fn connect(
