@@ -9,7 +9,7 @@
 //!
 //! ```toml
 //! [[allow]]
-//! peer = "csms-*"          # glob, '*' matches any run of characters
+//! peer = "csms-*"          # glob: '*' any run of characters, '?' one
 //! target = "grid-meter"    # glob as well
 //! units = [1]              # empty or absent: any unit
 //! ranges = ["holding:0-99", "input:30000-30100", "0-9"]  # kind optional: any kind
@@ -17,6 +17,7 @@
 
 use std::str::FromStr;
 
+use routing::glob;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -119,7 +120,7 @@ impl TryFrom<String> for RangeRule {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowRule {
-    /// Overlay peer id, glob with `*`.
+    /// Overlay peer id, a glob as in node allow-lists (`*`, `?`).
     pub peer: String,
     /// Modbus target (device) name, glob with `*`.
     pub target: String,
@@ -187,7 +188,7 @@ impl AllowList {
         let mut matching = self
             .0
             .iter()
-            .filter(|r| glob_match(&r.peer, peer) && glob_match(&r.target, target))
+            .filter(|r| glob::matches(&r.peer, peer) && glob::matches(&r.target, target))
             .peekable();
         if matching.peek().is_none() {
             return Err(Refusal::NoRule {
@@ -219,31 +220,6 @@ impl AllowList {
             last: req.last_address(),
         })
     }
-}
-
-/// Glob match where `*` matches any (possibly empty) run of characters; everything else is
-/// literal. Linear-time greedy matching with a single backtrack point.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
@@ -415,14 +391,14 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match("*", ""));
-        assert!(glob_match("*", "abc"));
-        assert!(glob_match("a*c", "abbbc"));
-        assert!(glob_match("a*b*c", "aXbYc"));
-        assert!(!glob_match("a*c", "abcd"));
-        assert!(glob_match("csms-*", "csms-"));
-        assert!(!glob_match("csms", "csms-1"));
-        assert!(glob_match("*-meter", "grid-meter"));
-        assert!(!glob_match("", "x"));
+        assert!(glob::matches("*", ""));
+        assert!(glob::matches("*", "abc"));
+        assert!(glob::matches("a*c", "abbbc"));
+        assert!(glob::matches("a*b*c", "aXbYc"));
+        assert!(!glob::matches("a*c", "abcd"));
+        assert!(glob::matches("csms-*", "csms-"));
+        assert!(!glob::matches("csms", "csms-1"));
+        assert!(glob::matches("*-meter", "grid-meter"));
+        assert!(!glob::matches("", "x"));
     }
 }

@@ -61,49 +61,55 @@ impl Glob {
     }
 
     /// Whether `id` matches the whole pattern.
-    ///
-    /// Greedy two-cursor matching that backtracks only to the most recent `*`: linear in the
-    /// common case and O(pattern × id) at worst, never exponential, with no allocation.
     pub fn matches(&self, id: &str) -> bool {
-        let p = self.pattern.as_bytes();
-        let t = id.as_bytes();
-        let (mut pi, mut ti) = (0usize, 0usize);
-        // Pattern index just after the last `*`, and the id index that `*` currently extends to.
-        let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
-            if pi < p.len() {
-                match p[pi] {
-                    b'*' => {
-                        pi += 1;
-                        star = Some((pi, ti));
-                        continue;
-                    }
-                    b'?' => {
-                        pi += 1;
-                        ti += utf8_len(t[ti]);
-                        continue;
-                    }
-                    c if c == t[ti] => {
-                        pi += 1;
-                        ti += 1;
-                        continue;
-                    }
-                    _ => {}
+        matches(&self.pattern, id)
+    }
+}
+
+/// Whether `id` matches the whole of `pattern`, for callers that keep patterns as plain strings
+/// (the Modbus allow-list). [`Glob::new`] bounds a pattern's length; such callers bound theirs.
+///
+/// Greedy two-cursor matching that backtracks only to the most recent `*`: linear in the
+/// common case and O(pattern × id) at worst, never exponential, with no allocation.
+pub fn matches(pattern: &str, id: &str) -> bool {
+    let p = pattern.as_bytes();
+    let t = id.as_bytes();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    // Pattern index just after the last `*`, and the id index that `*` currently extends to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() {
+            match p[pi] {
+                b'*' => {
+                    pi += 1;
+                    star = Some((pi, ti));
+                    continue;
                 }
-            }
-            match star {
-                // Let the last `*` swallow one more character and retry from just after it.
-                Some((after_star, swallowed)) => {
-                    let next = swallowed + utf8_len(t[swallowed]);
-                    star = Some((after_star, next));
-                    pi = after_star;
-                    ti = next;
+                b'?' => {
+                    pi += 1;
+                    ti += utf8_len(t[ti]);
+                    continue;
                 }
-                None => return false,
+                c if c == t[ti] => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                _ => {}
             }
         }
-        p[pi..].iter().all(|&c| c == b'*')
+        match star {
+            // Let the last `*` swallow one more character and retry from just after it.
+            Some((after_star, swallowed)) => {
+                let next = swallowed + utf8_len(t[swallowed]);
+                star = Some((after_star, next));
+                pi = after_star;
+                ti = next;
+            }
+            None => return false,
+        }
     }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// Length of the UTF-8 sequence that starts with `lead`. Both inputs are `&str`, so a literal

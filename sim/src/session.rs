@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -215,24 +215,8 @@ impl Session {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
     }
 
-    /// The next text message, or `None` at the deadline. Pings are answered by tungstenite
-    /// itself; binary frames belong to overlay links, which a charger never is on.
     async fn next_text(&mut self, deadline: Instant) -> Result<Option<String>> {
-        loop {
-            let message = match timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Ok(None),
-                Ok(None) => bail!("connection closed by the server"),
-                Ok(Some(message)) => message.context("WebSocket error")?,
-            };
-            match message {
-                Message::Text(text) => return Ok(Some(text.as_str().to_owned())),
-                Message::Close(frame) => bail!("connection closed by the server: {frame:?}"),
-                Message::Binary(bytes) => {
-                    tracing::warn!(len = bytes.len(), "ignoring a binary message");
-                }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            }
-        }
+        crate::ws::next_text(&mut self.ws, deadline).await
     }
 
     /// Handles one frame from the server. A CALLRESULT or CALLERROR for `waiting_for` is

@@ -119,6 +119,36 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
 }
 
+/// The next text message on a charger's socket, or `None` at the deadline. Pings are answered
+/// by tungstenite itself; binary frames belong to overlay links, which a charger never is on.
+pub async fn next_text<S>(ws: &mut S, deadline: tokio::time::Instant) -> Result<Option<String>>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Ok(None),
+            Ok(None) => bail!("connection closed by the server"),
+            Ok(Some(message)) => message.context("WebSocket error")?,
+        };
+        match message {
+            Message::Text(text) => return Ok(Some(text.as_str().to_owned())),
+            Message::Close(frame) => bail!("connection closed by the server: {frame:?}"),
+            Message::Binary(bytes) => {
+                tracing::warn!(len = bytes.len(), "ignoring a binary message");
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,6 +139,12 @@ async def test_closed_loop_ten_chargers_follow_base_load_steps(node_factory, cha
         problems: list[str] = []
         rel = lambda t: t - t_begin  # noqa: E731
 
+        def flapping(what, a, b):
+            flaps = {k: v for k, v in tl.limit_changes(a, b).items() if v > 1}
+            if flaps:
+                problems.append(f"{what} steady window t={rel(a):.1f}..{rel(b):.1f}: limit changes "
+                                f"per charger above 1: {flaps}")
+
         # The grid limit is never exceeded for longer than 2 cycles, base-load steps included.
         longest, began, peak = Timeline.longest_excess(tl.window(t_a0, t_end), GRID_A)
         if longest > 2 * CYCLE_S:
@@ -152,10 +158,7 @@ async def test_closed_loop_ten_chargers_follow_base_load_steps(node_factory, cha
                 problems.append(f"base {BASE_LOW} A: limits sum {sum(s.limits.values()):.1f} A > {room_a} A "
                                 f"at t={rel(s.t):.1f}")
                 break
-        flaps_a = {k: v for k, v in tl.limit_changes(t_a0, t_a1).items() if v > 1}
-        if flaps_a:
-            problems.append(f"base {BASE_LOW} A steady window t={rel(t_a0):.1f}..{rel(t_a1):.1f}: limit changes "
-                            f"per charger above 1: {flaps_a}")
+        flapping(f"base {BASE_LOW} A", t_a0, t_a1)
 
         # Steady at the high base: 51 A room, only some chargers fit at >= 6 A, the rest paused.
         room_b = GRID_A - MARGIN_A - BASE_UP
@@ -167,10 +170,7 @@ async def test_closed_loop_ten_chargers_follow_base_load_steps(node_factory, cha
                 problems.append(f"base {BASE_UP} A at t={rel(s.t):.1f}: limits {sorted(lims)} (sum {sum(lims):.1f}, "
                                 f"room {room_b} A; running ones must get >= {MIN_A} A, not all fit)")
                 break
-        flaps_b = {k: v for k, v in tl.limit_changes(t_b0, t_b1).items() if v > 1}
-        if flaps_b:
-            problems.append(f"base {BASE_UP} A steady window t={rel(t_b0):.1f}..{rel(t_b1):.1f}: limit changes "
-                            f"per charger above 1: {flaps_b}")
+        flapping(f"base {BASE_UP} A", t_b0, t_b1)
 
         # After the drop, the capacity is redistributed within 5 s: 74 A room, 7.4 A each.
         room_c = GRID_A - MARGIN_A - BASE_DOWN
@@ -195,10 +195,7 @@ async def test_closed_loop_ten_chargers_follow_base_load_steps(node_factory, cha
                                     f"({s.t - t_down:+.1f} s from the drop) although all {n} minimums fit "
                                     f"(limits sum {sum(s.limits.values()):.1f} A, grid total {max(s.total):.1f} A)")
                     break
-        flaps_c = {k: v for k, v in tl.limit_changes(t_c0, t_end).items() if v > 1}
-        if flaps_c:
-            problems.append(f"base {BASE_DOWN} A steady window t={rel(t_c0):.1f}..{rel(t_end):.1f}: limit changes per "
-                            f"charger above 1: {flaps_c}")
+        flapping(f"base {BASE_DOWN} A", t_c0, t_end)
 
         # The node's own allocation never exceeds what it computed as available, nor the grid.
         allocating = 0

@@ -285,8 +285,8 @@ pub(super) fn check(config: &Config, err: &mut impl FnMut(String, String)) {
     }
     for (i, c) in d.charger.iter().enumerate() {
         let p = |f: &str| format!("dlm.charger[{i}].{f}");
-        if c.pattern.is_empty() {
-            err(p("match"), "must not be empty".into());
+        if let Err(e) = routing::Glob::new(c.pattern.as_str()) {
+            err(p("match"), e.to_string());
         }
         if c.priority == 0 || c.priority > 100 {
             err(p("priority"), "must be between 1 and 100".into());

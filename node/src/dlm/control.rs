@@ -436,6 +436,17 @@ mod tests {
         }
     }
 
+    /// Chargers that connect and start a transaction.
+    fn charging(c: &mut Controller, ids: &[&str]) {
+        for id in ids {
+            c.event(SiteEvent::Connected((*id).into()));
+            c.event(SiteEvent::Transaction {
+                id: (*id).into(),
+                active: true,
+            });
+        }
+    }
+
     fn accept_all(c: &mut Controller, now: Instant, cmds: &[Command]) {
         for cmd in cmds {
             c.done(now, &cmd.id, cmd.limit_a, true);
@@ -446,11 +457,7 @@ mod tests {
     fn a_new_charger_gets_the_safe_limit_before_anything_else() {
         let mut c = Controller::new(&config());
         let t0 = Instant::now();
-        c.event(SiteEvent::Connected("A".into()));
-        c.event(SiteEvent::Transaction {
-            id: "A".into(),
-            active: true,
-        });
+        charging(&mut c, &["A"]);
         // No reading yet: safe limit.
         let cmds = c.cycle(t0);
         assert_eq!(
@@ -473,13 +480,7 @@ mod tests {
     fn a_stale_meter_puts_everyone_on_the_safe_limit() {
         let mut c = Controller::new(&config());
         let t0 = Instant::now();
-        for id in ["A", "B"] {
-            c.event(SiteEvent::Connected(id.into()));
-            c.event(SiteEvent::Transaction {
-                id: id.into(),
-                active: true,
-            });
-        }
+        charging(&mut c, &["A", "B"]);
         c.reading(t0, [0.0; 3]);
         let cmds = c.cycle(t0);
         accept_all(&mut c, t0, &cmds);
@@ -497,11 +498,7 @@ mod tests {
     fn the_csms_limit_is_never_raised() {
         let mut c = Controller::new(&config());
         let t0 = Instant::now();
-        c.event(SiteEvent::Connected("A".into()));
-        c.event(SiteEvent::Transaction {
-            id: "A".into(),
-            active: true,
-        });
+        charging(&mut c, &["A"]);
         c.event(SiteEvent::CsmsLimit {
             id: "A".into(),
             limit: Some(10.0),

@@ -73,6 +73,9 @@ pub fn accepted(response: &str) -> bool {
         .is_some_and(|v| v["status"] == "Accepted")
 }
 
+/// Profiles remembered per charger; chargers themselves keep only a handful.
+pub const MAX_CSMS_PROFILES: usize = 32;
+
 /// The CSMS's profiles on one charger, by profile id: their limit now, in A per phase. The
 /// CSMS limit is the smallest of them.
 #[derive(Debug, Clone, Default)]
@@ -119,6 +122,21 @@ impl CsmsProfiles {
         };
         if !amps.is_finite() || amps < 0.0 {
             return false;
+        }
+        if self.0.len() >= MAX_CSMS_PROFILES && !self.0.contains_key(&id) {
+            // Only the smallest limit counts: at the bound, the largest one makes room, so a
+            // CSMS that writes endless profile ids costs bounded memory and the limit stays right.
+            let largest = self
+                .0
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(&k, &v)| (k, v));
+            match largest {
+                Some((k, v)) if amps < v => {
+                    self.0.remove(&k);
+                }
+                _ => return false,
+            }
         }
         self.0.insert(id, amps);
         true
@@ -211,5 +229,24 @@ mod tests {
             "a clear-all drops ours too"
         );
         assert_eq!(p.limit(), None);
+    }
+
+    #[test]
+    fn endless_csms_profile_ids_stay_bounded_and_keep_the_smallest_limit() {
+        let mut p = CsmsProfiles::default();
+        for id in 0..(MAX_CSMS_PROFILES as i64 * 4) {
+            let limit = 100.0 - id as f64 * 0.1;
+            let payload = json!({"chargingProfile": {"id": id + 1, "chargingSchedule": [{
+                "chargingRateUnit": "A",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit}]}]}});
+            p.set(OcppVersion::V201, &payload);
+        }
+        assert_eq!(p.0.len(), MAX_CSMS_PROFILES);
+        let want = 100.0 - (MAX_CSMS_PROFILES as f64 * 4.0 - 1.0) * 0.1;
+        assert!(
+            (p.limit().unwrap_or_default() - want).abs() < 1e-9,
+            "{:?}",
+            p.limit()
+        );
     }
 }

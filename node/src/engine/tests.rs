@@ -620,12 +620,7 @@ fn a_call_addressed_to_a_node_is_answered_by_its_local_handler() {
         timeout: Some(Duration::from_secs(5)),
     };
     let token = net.call(EDGE, call("Echo"));
-    assert_eq!(
-        net.done.get(&(EDGE, token)),
-        Some(&CallOutcome::Result(
-            r#"{"from":"edge-1","payload":{"n":1}}"#.into()
-        ))
-    );
+    assert_echoed(&net, EDGE, token, "edge-1");
     let token = net.call(EDGE, call("Nobody"));
     match net.done.get(&(EDGE, token)) {
         Some(CallOutcome::Error { code, from, .. }) => {
@@ -647,6 +642,22 @@ fn echo_call(to: &str) -> NodeCall {
     }
 }
 
+/// The Echo handler at the target answered the CALL that `node` made as `token`.
+fn assert_echoed(net: &Net, node: usize, token: u64, from: &str) {
+    let want = format!(r#"{{"from":"{from}","payload":{{"n":1}}}}"#);
+    assert_eq!(
+        net.done.get(&(node, token)),
+        Some(&CallOutcome::Result(want))
+    );
+}
+
+fn assert_unreachable(net: &Net, node: usize, token: u64) {
+    assert_eq!(
+        net.done.get(&(node, token)),
+        Some(&CallOutcome::NotSent("unreachable".into()))
+    );
+}
+
 #[test]
 fn a_hub_reaches_a_linked_edge_by_its_id_until_the_link_goes() {
     let mut net = site();
@@ -655,21 +666,13 @@ fn a_hub_reaches_a_linked_edge_by_its_id_until_the_link_goes() {
         .register(Scope::Node, "Echo", Arc::new(Echo));
     assert!(net.routes(HUB).contains(&"edge-1".to_owned()));
     let token = net.call(HUB, echo_call("edge-1"));
-    assert_eq!(
-        net.done.get(&(HUB, token)),
-        Some(&CallOutcome::Result(
-            r#"{"from":"hub-1","payload":{"n":1}}"#.into()
-        ))
-    );
+    assert_echoed(&net, HUB, token, "hub-1");
     assert!(net.take(EDGE, CP).is_empty(), "nothing reached the charger");
 
     net.disconnect(EDGE, HUB, UP);
     assert!(!net.routes(HUB).contains(&"edge-1".to_owned()));
     let token = net.call(HUB, echo_call("edge-1"));
-    assert_eq!(
-        net.done.get(&(HUB, token)),
-        Some(&CallOutcome::NotSent("unreachable".into()))
-    );
+    assert_unreachable(&net, HUB, token);
 }
 
 /// edge-2 → edge-1 → hub-1: edge-1 announces its linked peer edge-2 like a charger, so the
@@ -691,19 +694,9 @@ fn node_ids_are_reachable_across_a_chain_both_ways() {
     }
     assert!(net.routes(h).contains(&"edge-2".to_owned()));
     let token = net.call(h, echo_call("edge-2"));
-    assert_eq!(
-        net.done.get(&(h, token)),
-        Some(&CallOutcome::Result(
-            r#"{"from":"hub-1","payload":{"n":1}}"#.into()
-        ))
-    );
+    assert_echoed(&net, h, token, "hub-1");
     let token = net.call(e2, echo_call("hub-1"));
-    assert_eq!(
-        net.done.get(&(e2, token)),
-        Some(&CallOutcome::Result(
-            r#"{"from":"edge-2","payload":{"n":1}}"#.into()
-        ))
-    );
+    assert_echoed(&net, e2, token, "edge-2");
 
     net.disconnect(e2, e1, 101);
     assert!(
@@ -712,10 +705,7 @@ fn node_ids_are_reachable_across_a_chain_both_ways() {
     );
     let token = net.call(h, echo_call("edge-2"));
     // The hub no longer knows edge-2, so the CALL is refused at once.
-    assert_eq!(
-        net.done.get(&(h, token)),
-        Some(&CallOutcome::NotSent("unreachable".into()))
-    );
+    assert_unreachable(&net, h, token);
 }
 
 #[test]

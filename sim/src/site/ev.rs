@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::SinkExt as _;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep, sleep_until, timeout_at};
+use tokio::time::{Instant, sleep, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use wire::text::{Body, Frame, decode_plain};
@@ -364,20 +364,8 @@ impl Link {
         }
     }
 
-    /// The next text message, or `None` at the deadline.
     async fn next_text(&mut self, deadline: Instant) -> Result<Option<String>> {
-        loop {
-            let message = match timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Ok(None),
-                Ok(None) => bail!("connection closed by the server"),
-                Ok(Some(message)) => message.context("WebSocket error")?,
-            };
-            match message {
-                Message::Text(text) => return Ok(Some(text.as_str().to_owned())),
-                Message::Close(frame) => bail!("connection closed by the server: {frame:?}"),
-                _ => {}
-            }
-        }
+        crate::ws::next_text(&mut self.ws, deadline).await
     }
 
     async fn send(&mut self, text: String) -> Result<()> {
