@@ -32,7 +32,7 @@ from overlaylib import wait_until, wait_uplink_up
 
 pytestmark = pytest.mark.timeout(240)
 
-GRID_A = 80.0       # per phase; below the SDM630 map's 100 A plausibility bound
+GRID_A = 80.0       # per phase
 MARGIN_A = 1.0
 SAFE_A = 6.0
 MIN_A = 6.0
@@ -70,14 +70,13 @@ def _fmt_status(st: dict | None) -> str:
 
 
 # ---------------------------------------------------------------------------
-# 1. Closed loop: 10 chargers, base load 10 A -> 28 A -> 5 A
+# 1. Closed loop: 10 chargers, base load 10 A -> 50 A -> 5 A
 # ---------------------------------------------------------------------------
 
 
-# The step up: 28 A, not 50 A, so that the site total before the node reacts (28 A + the ~69 A
-# the chargers draw at base 10) stays below the 100 A that the SDM630-100 can measure (the sdm630
-# map's max_current_a): a reading above it is implausible and would not be used at all.
-BASE_LOW, BASE_UP, BASE_DOWN = 10.0, 28.0, 5.0
+# The step up takes the site total to about 120 A before the node reacts: an overloaded site
+# must still be read (the sdm630 map's plausibility bound is 250 A), or the node could not cut.
+BASE_LOW, BASE_UP, BASE_DOWN = 10.0, 50.0, 5.0
 
 
 async def test_closed_loop_ten_chargers_follow_base_load_steps(node_factory, charger):
@@ -126,7 +125,7 @@ async def test_closed_loop_ten_chargers_follow_base_load_steps(node_factory, cha
         await asyncio.sleep(6.0)  # the steady window being measured
         t_a1 = time.monotonic()
 
-        # --- phase B: base steps up to 28 A, 51 A left: 8 chargers at >= 6 A, 2 paused --------
+        # --- phase B: base steps up to 50 A, 29 A left: 4 chargers at >= 6 A, 6 paused --------
         t_up = base.set(BASE_UP)
         await asyncio.sleep(16.0)
         t_b1 = time.monotonic()
@@ -160,7 +159,7 @@ async def test_closed_loop_ten_chargers_follow_base_load_steps(node_factory, cha
                 break
         flapping(f"base {BASE_LOW} A", t_a0, t_a1)
 
-        # Steady at the high base: 51 A room, only some chargers fit at >= 6 A, the rest paused.
+        # Steady at the high base: 29 A room, only some chargers fit at >= 6 A, the rest paused.
         room_b = GRID_A - MARGIN_A - BASE_UP
         t_b0 = t_up + 8.0
         for s in tl.window(t_b0, t_b1):

@@ -356,6 +356,7 @@ profile_v16 = "TxProfile"
 [[meter]]
 name = "grid"
 map = "sdm999"
+max_current_a = 0
 [[modbus.allow]]
 peer = "hub"
 target = "other"
@@ -371,6 +372,7 @@ ranges = ["holding:0-9"]
             "dlm.profile_v16:",
             "meter[0].address: a tcp meter needs",
             "meter[0].map: unknown map \"sdm999\"",
+            "meter[0].max_current_a: must be above 0",
             "modbus.allow[0].target: no [[meter]] is named \"other\"",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");

@@ -273,6 +273,19 @@ impl Controller {
                         stale_s = self.stale.as_secs(),
                         "grid meter reading is stale: every charger falls to the safe limit"
                     );
+                    // Blind, the node cannot share: the safe limit is per charger, so enough
+                    // chargers on it can exceed the grid. Said loudly, since only the site's
+                    // design (safe_limit_a × chargers + base load ≤ grid) can prevent it.
+                    let total = self.safe_a * self.chargers.len() as f64;
+                    let grid = self.grid.iter().copied().fold(f64::INFINITY, f64::min);
+                    if total > grid {
+                        tracing::warn!(
+                            chargers = self.chargers.len(),
+                            safe_limit_a = self.safe_a,
+                            grid_limit_a = grid,
+                            "fail-safe: the chargers' safe limits add up to more than the grid limit"
+                        );
+                    }
                     // What the allocator believed in force no longer is.
                     let ids: Vec<String> = self.chargers.keys().cloned().collect();
                     for id in ids {
