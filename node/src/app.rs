@@ -35,6 +35,14 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
         Some(key) => (key, false),
         None => NodeKey::load_or_create(None, data_dir)?,
     };
+    let identity_file = key.path().to_owned();
+    let policy = crate::policy::Policy::build(
+        &config.signing,
+        std::mem::take(&mut files.signing_keys),
+        Some(&identity_file),
+    )
+    .map_err(|errors| anyhow::anyhow!("invalid [signing]: {}", errors.join("; ")))?;
+    let (policies, policy_updates) = tokio::sync::watch::channel(Arc::new(policy));
     // The public half only: it is what a verifier of the signed audit head needs.
     tracing::info!(
         public_key = %key.public_hex(),
@@ -56,11 +64,22 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
     let (events, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
     let node = Arc::new(Node::new(config, files, store, metrics, audit_log, events));
     let devices = crate::modbus::Devices::from_config(&node.config.meter);
-    let (engine, site_events) = engine_for(&node, &devices).await?;
+    let (mut engine, site_events) = engine_for(&node, &devices).await?;
+    // Screens every frame routing forwards or delivers; the other stages see plain frames.
+    engine.add_stage(Box::new(crate::policy::Signatures::new(policy_updates)));
     tracing::info!(stages = ?engine.stage_names(), "engine ready");
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(audit_task);
+    tasks.spawn(
+        crate::policy::reload::Reloader {
+            config_file: node.files.config_file.clone(),
+            identity_key: Some(identity_file),
+            running: node.config.clone(),
+            policies,
+        }
+        .run(),
+    );
     let driver = Driver::new(engine, node.clone());
     tasks.spawn(async move {
         driver.run(events_rx).await;

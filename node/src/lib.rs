@@ -28,4 +28,5 @@ pub mod hub;
 pub mod local;
 pub mod modbus;
 pub mod net;
+pub mod policy;
 pub mod validate;

@@ -7,6 +7,7 @@
 //!   destination, the payload without `signatures`, and the signer object;
 //! * [`signature`]: the `signatures` payload member, signing and verifying one message;
 //! * [`replay`]: the bounded cache of (keyId, value) pairs seen within the time window;
+//! * [`jws`]: OCPP's own signed messages (`<Action>-Signed`, JWS), verified to pass through;
 //! * [`policy`]: user roles and per-action signature policies, evaluated to a verdict.
 //!
 //! Forwarders never re-serialize payloads, so a signature made here survives every hop; only
@@ -14,6 +15,7 @@
 
 pub mod algorithm;
 pub mod canonical;
+pub mod jws;
 pub mod key;
 pub mod policy;
 pub mod replay;

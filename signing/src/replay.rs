@@ -63,6 +63,15 @@ impl ReplayCache {
         }
     }
 
+    /// Takes over another cache's entries, oldest first, within this one's bound (a reload
+    /// that changes the capacity keeps refusing what was seen).
+    pub fn absorb(&mut self, other: ReplayCache) {
+        for (expires, (key_id, value)) in other.order {
+            self.insert(&key_id, &value, expires, i64::MIN);
+        }
+        self.evicted += other.evicted;
+    }
+
     pub fn len(&self) -> usize {
         self.order.len()
     }

@@ -384,6 +384,7 @@ pub(super) fn validate(
     }
     check_roles(config, &mut err);
     super::dlm::check(config, &mut err);
+    super::signing::check(config, &mut err);
     if config.node.data_dir.as_os_str().is_empty() {
         err("node.data_dir".into(), "must not be empty".into());
     }

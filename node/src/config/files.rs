@@ -3,6 +3,7 @@
 //! beside the config's own mistakes. `check-config` runs the same step, so a config it calls
 //! valid starts.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,6 +24,10 @@ pub struct Loaded {
     pub uplink_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
     /// The hub's TLS client config toward a `wss://` CSMS.
     pub hub_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `[[signing.key]]` by name.
+    pub signing_keys: HashMap<String, signing::PrivateKey>,
+    /// The config file this was loaded from (read again on SIGHUP); none for the embedded one.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -52,7 +57,52 @@ impl std::fmt::Debug for Loaded {
 
 /// Reads a config file, checks it, and loads the files it names.
 pub fn load(path: &Path) -> Result<(Config, Loaded), Vec<ConfigError>> {
-    check_text(&read(path)?)
+    let (config, mut loaded) = check_text(&read(path)?)?;
+    loaded.config_file = Some(path.to_owned());
+    Ok((config, loaded))
+}
+
+/// Reads the `[[signing.key]]` files: PKCS#8, readable by the owner only.
+pub fn load_signing_keys(
+    config: &super::SigningConfig,
+) -> (HashMap<String, signing::PrivateKey>, Vec<ConfigError>) {
+    let mut keys = HashMap::new();
+    let mut errors = Vec::new();
+    for (i, k) in config.key.iter().enumerate() {
+        let path = format!("signing.key[{i}].file");
+        let shown = k.file.display();
+        match crate::core::secrets::loose_mode(&k.file) {
+            Ok(Some(mode)) => {
+                errors.push(ConfigError::new(
+                    path,
+                    format!("{shown} is readable by group or others (mode {mode:o}); run chmod 600 on it"),
+                ));
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                errors.push(ConfigError::new(path, format!("cannot read {shown}: {e}")));
+                continue;
+            }
+        }
+        let read = std::fs::read(&k.file)
+            .map_err(|e| format!("cannot read {shown}: {e}"))
+            .and_then(|bytes| {
+                signing::PrivateKey::from_pkcs8(&bytes).map_err(|e| format!("{shown}: {e}"))
+            });
+        match read {
+            Ok(key) => {
+                if keys.insert(k.name.clone(), key).is_some() {
+                    errors.push(ConfigError::new(
+                        format!("signing.key[{i}].name"),
+                        format!("{:?} is defined twice", k.name),
+                    ));
+                }
+            }
+            Err(m) => errors.push(ConfigError::new(path, m)),
+        }
+    }
+    (keys, errors)
 }
 
 /// Checks a config text and loads the files it names; every mistake of both is reported.
@@ -88,6 +138,11 @@ fn load_files(config: &Config, parsed: &Parsed) -> (Loaded, Vec<ConfigError>) {
             Err(e) => err("node.identity_key_file".into(), e.to_string()),
         }
     }
+
+    let (keys, key_errors) = load_signing_keys(&config.signing);
+    loaded.signing_keys = keys;
+    errors.extend(key_errors);
+    let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
 
     for (i, l) in config.listener.iter().enumerate() {
         let profile = l.security_profile;

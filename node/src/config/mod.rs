@@ -20,9 +20,11 @@ mod check;
 pub mod dlm;
 pub mod files;
 mod parse;
+pub mod signing;
 
 pub use check::{check_ws_url, valid_charger_id, valid_node_id};
 pub use dlm::{DlmChargerConfig, DlmConfig, MeterConfig, MeterTransport, ModbusConfig};
+pub use signing::SigningConfig;
 
 /// The embedded default configuration (also the documented reference example).
 pub const DEFAULT_TOML: &str = include_str!("../../default.toml");
@@ -67,6 +69,8 @@ pub struct Config {
     /// Modbus devices the node reads (the grid meter, and the tunnel's targets).
     pub meter: Vec<MeterConfig>,
     pub modbus: ModbusConfig,
+    /// Signature policies, user roles and the keys this node signs with.
+    pub signing: SigningConfig,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             dlm: None,
             meter: Vec::new(),
             modbus: ModbusConfig::default(),
+            signing: SigningConfig::default(),
         }
     }
 }

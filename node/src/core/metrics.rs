@@ -191,6 +191,8 @@ pub struct Drops {
     pub queue_full: IntCounter,
     /// A charger had too many CALLs waiting for an answer.
     pub busy: IntCounter,
+    /// Refused or dropped by a signature policy.
+    pub policy: IntCounter,
 }
 
 impl Drops {
@@ -215,6 +217,7 @@ impl Drops {
             no_handler: c("no_handler"),
             queue_full: c("queue_full"),
             busy: c("busy"),
+            policy: c("policy"),
         })
     }
 
@@ -243,6 +246,7 @@ impl Drops {
             &self.no_handler,
             &self.queue_full,
             &self.busy,
+            &self.policy,
         ]
         .iter()
         .map(|c| c.get())

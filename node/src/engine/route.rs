@@ -13,7 +13,7 @@ use wire::{ErrorCode, MessageType, OcppVersion, Route};
 
 use super::calls::{CallOutcome, Caller, NodeCall, Target};
 use super::handlers::{LocalReply, LocalRequest, Scope};
-use super::stages::Verdict;
+use super::stages::{Origin, Passing, Screen, Verdict};
 use super::{
     Action, CHARGER_CONNECTION_STATUS, Core, Deferred, Engine, HERE, IfFull, Link, LocalPending,
     MAX_LOCAL_REQUESTS, NodeLink, Outbound, Owner, Token,
@@ -27,6 +27,37 @@ pub(super) enum Routed {
     /// A CALL refused, with the reason its originator is told.
     Refused(&'static str),
     Dropped,
+}
+
+/// What the stages decided for a frame being routed.
+enum Screened {
+    Pass,
+    Payload(Box<serde_json::value::RawValue>),
+    Stop(Routed),
+}
+
+/// The frame with its CALL or SEND payload replaced.
+fn with_payload<'a>(
+    frame: OverlayFrame<'a>,
+    raw: &'a serde_json::value::RawValue,
+) -> OverlayFrame<'a> {
+    let OverlayFrame { dest, path, frame } = frame;
+    let body = match frame.body {
+        Body::Call { action, .. } => Body::Call {
+            action,
+            payload: wire::Json::new(raw),
+        },
+        Body::Send { action, .. } => Body::Send {
+            action,
+            payload: wire::Json::new(raw),
+        },
+        other => other,
+    };
+    OverlayFrame {
+        dest,
+        path,
+        frame: Frame { id: frame.id, body },
+    }
 }
 
 impl Routed {
@@ -196,15 +227,41 @@ impl Engine {
             self.node_call_reply(frame, now);
             return Routed::Delivered;
         }
+        let origin = match ingress {
+            Ingress::Node { .. } => Origin::Node,
+            Ingress::Plain { .. } => Origin::Plain,
+            Ingress::Local => Origin::Local,
+        };
         let core = &mut self.core;
         let received = core.forwarder.receive(&mut core.table, ingress, frame, now);
         match received.decision {
             Decision::Forward { link, frame } => {
-                core.metrics.frames_forwarded.inc();
+                let to_plain = !matches!(self.core.links.get(&link), Some(Link::Node(_)));
+                let replaced;
+                let frame = match self.screen(origin, to_plain, &frame, now) {
+                    Screened::Pass => frame,
+                    Screened::Payload(raw) => {
+                        replaced = raw;
+                        with_payload(frame, &replaced)
+                    }
+                    Screened::Stop(routed) => return routed,
+                };
+                self.core.metrics.frames_forwarded.inc();
                 self.send(link, frame, now);
                 Routed::Forwarded(link)
             }
             Decision::Deliver(frame) => {
+                let to_plain =
+                    self.core.hub.is_some() && frame.dest.first() != self.core.settings.own_id;
+                let replaced;
+                let frame = match self.screen(origin, to_plain, &frame, now) {
+                    Screened::Pass => frame,
+                    Screened::Payload(raw) => {
+                        replaced = raw;
+                        with_payload(frame, &replaced)
+                    }
+                    Screened::Stop(routed) => return routed,
+                };
                 self.deliver(frame, now);
                 Routed::Delivered
             }
@@ -257,6 +314,45 @@ impl Engine {
                 Routed::Dropped
             }
         }
+    }
+
+    /// The stages' say on a CALL or SEND routing will forward or deliver.
+    fn screen(
+        &mut self,
+        origin: Origin,
+        to_plain: bool,
+        frame: &OverlayFrame<'_>,
+        now: Instant,
+    ) -> Screened {
+        let message_type = frame.frame.message_type();
+        if !matches!(message_type, MessageType::Call | MessageType::Send) {
+            return Screened::Pass;
+        }
+        let view = Passing {
+            origin,
+            to_plain,
+            frame,
+        };
+        for i in 0..self.stages.len() {
+            let (stages, mut cx) = self.split(i, now);
+            match stages[i].screen(&view, &mut cx) {
+                Screen::Pass => {}
+                Screen::Payload(raw) => return Screened::Payload(raw),
+                Screen::Drop => {
+                    self.core.metrics.frames_dropped.policy.inc();
+                    return Screened::Stop(Routed::Dropped);
+                }
+                Screen::Refuse(why) => {
+                    self.core.metrics.frames_dropped.policy.inc();
+                    if message_type == MessageType::Call {
+                        let error = self.core.security_error_to(frame, &why);
+                        self.core.deferred.push(Deferred::Local(error));
+                    }
+                    return Screened::Stop(Routed::Refused("refused by the signature policy"));
+                }
+            }
+        }
+        Screened::Pass
     }
 
     /// Sends an overlay frame on `link`, translating for plain peers.
@@ -649,6 +745,30 @@ impl Core {
             frame: Frame::error(
                 frame.frame.id.clone(),
                 code.spelling(OcppVersion::V21),
+                description.to_owned(),
+            ),
+        }
+        .to_text()
+    }
+
+    /// CALLERROR SecurityError for a CALL a policy refused, to its originator. The path
+    /// starts with the CALL's destination, for which this node answers: a hub finds the
+    /// charger's CSMS socket by it, and it is an id the link toward the originator may
+    /// speak for.
+    fn security_error_to(&self, call: &OverlayFrame<'_>, description: &str) -> String {
+        let own = self.settings.own_id.as_str();
+        let dest = call.dest.last();
+        let ids = if dest == own || dest == routing::CSMS && self.hub.is_none() {
+            vec![own.into()]
+        } else {
+            vec![dest.into(), own.into()]
+        };
+        OverlayFrame {
+            dest: Route::single(call.path.first().to_owned()),
+            path: Route::from_ids(ids).unwrap_or_else(|| Route::single(own.to_owned())),
+            frame: Frame::error(
+                call.frame.id.clone(),
+                ErrorCode::SecurityError.spelling(OcppVersion::V21),
                 description.to_owned(),
             ),
         }

@@ -6,6 +6,9 @@
 //!   translated into the overlay. It may let it pass, mark a CALL (to hear of its answer),
 //!   answer it itself, take it over (the durable queue), or drop it.
 //! * [`Stage::on_link`]: every frame an overlay link brings, before routing.
+//! * [`Stage::screen`]: every CALL and SEND routing has decided to forward or deliver, from
+//!   wherever it came, after the allow-list and loop checks: signature policies refuse or sign
+//!   here, and may replace the payload (the only place a forwarded payload is rewritten).
 //! * [`Stage::egress_plain`]: every frame written to a plain charger, after translation: the last
 //!   chance to rewrite a payload (the 1.6 transaction-id rewrite).
 //!
@@ -77,6 +80,46 @@ pub struct ToPlain<'f, 'a> {
     pub frame: &'f Frame<'a>,
 }
 
+/// Where a CALL or SEND being routed came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Translated by this node from a plain peer (a charger, or the CSMS at a hub).
+    Plain,
+    /// From an overlay neighbour.
+    Node,
+    /// Originated by this node.
+    Local,
+}
+
+/// A CALL or SEND that routing will forward or deliver.
+pub struct Passing<'f, 'a> {
+    pub origin: Origin,
+    /// It leaves this node toward a plain peer (a charger, or the CSMS socket at a hub).
+    pub to_plain: bool,
+    pub frame: &'f OverlayFrame<'a>,
+}
+
+impl Passing<'_, '_> {
+    pub fn action(&self) -> &str {
+        self.frame.frame.action().unwrap_or_default()
+    }
+
+    pub fn payload(&self) -> &str {
+        self.frame.frame.payload().map_or("null", |p| p.get())
+    }
+}
+
+/// What a stage decides for a frame being routed.
+#[derive(Debug)]
+pub enum Screen {
+    Pass,
+    /// Go on with this payload instead (signed, or its signatures removed).
+    Payload(Box<serde_json::value::RawValue>),
+    /// Refused: a CALL is answered with CALLERROR SecurityError and this description.
+    Refuse(String),
+    Drop,
+}
+
 /// The answer to a marked CALL.
 #[derive(Debug, Clone, Copy)]
 pub enum Answer<'a> {
@@ -98,6 +141,11 @@ pub trait Stage: Send {
     /// A frame from an overlay link; `Drop` (or any verdict but `Continue`) stops it.
     fn on_link(&mut self, _link: LinkId, _frame: &OverlayFrame<'_>, _cx: &mut Cx<'_>) -> Verdict {
         Verdict::Continue
+    }
+
+    /// A CALL or SEND about to be forwarded or delivered; anything but `Pass` ends the chain.
+    fn screen(&mut self, _frame: &Passing<'_, '_>, _cx: &mut Cx<'_>) -> Screen {
+        Screen::Pass
     }
 
     /// `Some`: write this plain text instead.
