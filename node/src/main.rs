@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use ocpp_node::app::{self, STORE_FILE};
 use ocpp_node::audit;
 use ocpp_node::cli::client::{AdminArgs, Client};
+use ocpp_node::cli::keys::{self, GenerateArgs, SignArgs, VerifyArgs};
 use ocpp_node::cli::wait::{self, WaitArgs};
 use ocpp_node::cli::{status, tables};
 use ocpp_node::config::files::{self, Loaded};
@@ -65,6 +66,25 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Keys for end-to-end signatures: make a key file, show its keyId.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Sign a JSON payload: print it as one line with a new signature object appended to its
+    /// `signatures` member.
+    Sign(SignArgs),
+    /// Check a payload's signatures by the given keyIds: exit 0 printing `verified <keyId>` per
+    /// signature, or exit 1 saying why.
+    Verify(VerifyArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new private key (PKCS#8 PEM, mode 0600) and print its keyId.
+    Generate(GenerateArgs),
+    /// Print a key file's keyId and algorithm (never the private key).
+    Show { file: PathBuf },
 }
 
 /// The options of every subcommand that shows an admin resource.
@@ -164,6 +184,30 @@ fn main() -> anyhow::Result<()> {
             }
             AuditCommand::Show { store } => audit_show(&store.path()?),
         },
+        Command::Keys { command } => match command {
+            KeysCommand::Generate(args) => {
+                println!("{}", keys::generate(&args)?);
+                Ok(())
+            }
+            KeysCommand::Show { file } => {
+                println!("{}", keys::show(&file)?);
+                Ok(())
+            }
+        },
+        Command::Sign(args) => {
+            println!("{}", keys::sign(&args)?);
+            Ok(())
+        }
+        Command::Verify(args) => {
+            let found = keys::verify(&args, chrono::Utc::now().timestamp())?;
+            for note in &found.ignored {
+                eprintln!("ignored: {note}");
+            }
+            for id in &found.verified {
+                println!("verified {id}");
+            }
+            Ok(())
+        }
     }
 }
 
