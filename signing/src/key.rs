@@ -189,7 +189,13 @@ impl PrivateKey {
     /// PKCS#8 PEM text, for a key file.
     pub fn to_pkcs8_pem(&self) -> Result<String, KeyError> {
         let der = match self {
-            PrivateKey::Ed25519(k) => k.to_pkcs8_der(),
+            // PKCS#8 v1 (no public key member): v2's is refused by OpenSSL-based readers
+            // such as Python's cryptography ("extra data").
+            PrivateKey::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_der(),
             // The ECDSA signing keys encode only with the `pem` feature; their secret keys
             // do without it.
             PrivateKey::Secp256r1(k) => p256::SecretKey::from(k).to_pkcs8_der(),
