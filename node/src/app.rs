@@ -39,6 +39,7 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
     let policy = crate::policy::Policy::build(
         &config.signing,
         std::mem::take(&mut files.signing_keys),
+        std::mem::take(&mut files.jws_keys),
         Some(&identity_file),
     )
     .map_err(|errors| anyhow::anyhow!("invalid [signing]: {}", errors.join("; ")))?;

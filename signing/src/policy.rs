@@ -17,6 +17,7 @@ use routing::glob::Glob;
 use serde_json::Value;
 
 use crate::canonical::Message;
+use crate::jws::{self, JwsKey};
 use crate::replay::ReplayCache;
 use crate::signature::{self, VerifyError};
 use crate::{KeyError, PublicKey};
@@ -52,6 +53,8 @@ pub enum Check {
     Reject,
     /// In: dropped silently.
     Drop,
+    /// In: OCPP's own signed message (`<Action>-Signed`, a JWS) by a trusted key.
+    RequireJws,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +130,8 @@ pub struct PolicySet {
     roles: Vec<Role>,
     rules: Vec<Rule>,
     window: i64,
+    /// Trusted keys for `require-jws`.
+    jws_keys: Vec<JwsKey>,
 }
 
 /// Access a Get/Set asks for.
@@ -177,6 +182,7 @@ impl PolicySet {
                 Check::AcceptUnsigned => ("accept-unsigned", Direction::In),
                 Check::Reject => ("reject", Direction::In),
                 Check::Drop => ("drop", Direction::In),
+                Check::RequireJws => ("require-jws", Direction::In),
             };
             if rule.direction != wants {
                 errors.push(PolicyError::WrongDirection {
@@ -230,7 +236,14 @@ impl PolicySet {
             roles,
             rules,
             window,
+            jws_keys: Vec::new(),
         })
+    }
+
+    /// The keys a `require-jws` rule trusts (certificates or public keys of the signers).
+    pub fn with_jws_keys(mut self, keys: Vec<JwsKey>) -> PolicySet {
+        self.jws_keys = keys;
+        self
     }
 
     pub fn window(&self) -> i64 {
@@ -292,10 +305,34 @@ impl PolicySet {
         now: i64,
         replay: &mut ReplayCache,
     ) -> Verdict {
-        let Some(rule) = self.rule(Direction::In, message.action, source, message.destination)
-        else {
+        let inner = jws::is_signed_action(message.action);
+        let Some(rule) = self.rule(
+            Direction::In,
+            inner.unwrap_or(message.action),
+            source,
+            message.destination,
+        ) else {
             return Verdict::Pass;
         };
+        match (&rule.check, inner) {
+            (Check::RequireJws, None) => {
+                return Verdict::Refused(format!(
+                    "{} must be an OCPP signed message ({}-Signed)",
+                    message.action, message.action
+                ));
+            }
+            (Check::RequireJws, Some(inner)) => {
+                return self.jws(message, inner, payload, now, replay);
+            }
+            (Check::RequireAny(_) | Check::RequireAll(_), Some(_)) => {
+                return Verdict::Refused(format!(
+                    "{} is an OCPP JWS; this policy requires jcs-v1 signatures",
+                    message.action
+                ));
+            }
+            (Check::AcceptUnsigned, Some(_)) => return Verdict::Accepted { signers: vec![] },
+            _ => {}
+        }
         let required = match &rule.check {
             Check::Reject => {
                 return Verdict::Refused(format!(
@@ -306,7 +343,7 @@ impl PolicySet {
             Check::Drop => return Verdict::Drop(format!("{} dropped by policy", message.action)),
             Check::RequireAny(p) | Check::RequireAll(p) => Some(p),
             Check::AcceptUnsigned => None,
-            Check::Sign(_) | Check::None => return Verdict::Pass,
+            Check::Sign(_) | Check::None | Check::RequireJws => return Verdict::Pass,
         };
         let verified = match self.verify_all(message, payload, now, replay) {
             Ok(v) => v,
@@ -373,6 +410,40 @@ impl PolicySet {
             replay.insert(&key, &value, expires, now);
         }
         Verdict::Accepted { signers: verified }
+    }
+
+    /// An OCPP signed message: bound to its action and message type, verified by a trusted
+    /// key, and new. A JWS has no timestamp, so a signature is remembered for one window.
+    fn jws(
+        &self,
+        message: &Message<'_>,
+        inner: &str,
+        payload: &Value,
+        now: i64,
+        replay: &mut ReplayCache,
+    ) -> Verdict {
+        let parsed = match jws::parse(payload) {
+            Ok(j) => j,
+            Err(e) => return Verdict::Refused(format!("{}: {e}", message.action)),
+        };
+        if let Err(e) = parsed.check_ocpp_binding(inner, message.message_type) {
+            return Verdict::Refused(format!("{}: {e}", message.action));
+        }
+        if !self.jws_keys.iter().any(|k| parsed.verify(k).is_ok()) {
+            return Verdict::Refused(format!(
+                "{}: the JWS does not verify with any trusted key",
+                message.action
+            ));
+        }
+        let who = parsed
+            .x5t_s256()
+            .or(parsed.key_id())
+            .unwrap_or("jws")
+            .to_owned();
+        if !replay.insert(&who, parsed.signature(), now + self.window, now) {
+            return Verdict::Refused(format!("replayed JWS of {}", message.action));
+        }
+        Verdict::Accepted { signers: vec![who] }
     }
 
     /// Every signature by a known key must verify and be new; unknown keys are ignored.
@@ -697,6 +768,78 @@ mod tests {
             Some("identity")
         );
         assert_eq!(s.set.outgoing("MeterValues", "CS-1", "edge-2"), None);
+    }
+
+    fn jws_reset(key: &p256::ecdsa::SigningKey, action: &str, kind: &str) -> Value {
+        use base64::Engine as _;
+        use p256::ecdsa::signature::Signer as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(
+            json!({"alg": "ES256", "OCPPAction": action, "OCPPMessageTypedId": 2}).to_string(),
+        );
+        let body = b64.encode(json!({"type": kind}).to_string());
+        let sig: p256::ecdsa::Signature = key.sign(format!("{header}.{body}").as_bytes());
+        json!({"protected": header, "payload": body, "signature": b64.encode(sig.to_bytes())})
+    }
+
+    #[test]
+    fn ocpp_signed_messages_can_be_required() {
+        let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let other = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let rules = vec![Rule {
+            direction: Direction::In,
+            action: g("Reset"),
+            source: g("*"),
+            destination: g("*"),
+            check: Check::RequireJws,
+        }];
+        let set = PolicySet::new(vec![], rules, &[], 300)
+            .unwrap()
+            .with_jws_keys(vec![JwsKey::P256(*key.verifying_key())]);
+        let mut r = ReplayCache::new(10);
+        let check = |action: &str, p: &Value, r: &mut ReplayCache| {
+            set.incoming(
+                &Message {
+                    message_type: 2,
+                    action,
+                    destination: "CS-1",
+                },
+                "CSMS",
+                p,
+                NOW,
+                r,
+            )
+        };
+        let signed = jws_reset(&key, "Reset", "Immediate");
+        assert!(matches!(
+            check("Reset-Signed", &signed, &mut r),
+            Verdict::Accepted { .. }
+        ));
+        let Verdict::Refused(why) = check("Reset-Signed", &signed, &mut r) else {
+            panic!()
+        };
+        assert!(why.contains("replayed"), "{why}");
+        let Verdict::Refused(why) = check("Reset", &json!({"type": "Immediate"}), &mut r) else {
+            panic!()
+        };
+        assert!(why.contains("Reset-Signed"), "{why}");
+        let foreign = jws_reset(&other, "Reset", "OnIdle");
+        let Verdict::Refused(why) = check("Reset-Signed", &foreign, &mut r) else {
+            panic!()
+        };
+        assert!(why.contains("trusted key"), "{why}");
+        // Bound to its action: a signed ClearCache cannot pass as a Reset.
+        let moved = jws_reset(&key, "ClearCache", "Immediate");
+        assert!(matches!(
+            check("Reset-Signed", &moved, &mut r),
+            Verdict::Refused(_)
+        ));
+        let mut tampered = jws_reset(&key, "Reset", "Immediate");
+        tampered["payload"] = json!(jws_reset(&key, "Reset", "OnIdle")["payload"]);
+        assert!(matches!(
+            check("Reset-Signed", &tampered, &mut r),
+            Verdict::Refused(_)
+        ));
     }
 
     #[test]

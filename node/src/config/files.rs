@@ -26,6 +26,8 @@ pub struct Loaded {
     pub hub_tls: Option<Arc<rustls::ClientConfig>>,
     /// `[[signing.key]]` by name.
     pub signing_keys: HashMap<String, signing::PrivateKey>,
+    /// `[signing] jws_trust`.
+    pub jws_keys: Vec<signing::jws::JwsKey>,
     /// The config file this was loaded from (read again on SIGHUP); none for the embedded one.
     pub config_file: Option<std::path::PathBuf>,
 }
@@ -60,6 +62,56 @@ pub fn load(path: &Path) -> Result<(Config, Loaded), Vec<ConfigError>> {
     let (config, mut loaded) = check_text(&read(path)?)?;
     loaded.config_file = Some(path.to_owned());
     Ok((config, loaded))
+}
+
+/// Reads `[signing] jws_trust`: PEM certificates ("CERTIFICATE") or public keys ("PUBLIC KEY").
+pub fn load_jws_keys(
+    config: &super::SigningConfig,
+) -> (Vec<signing::jws::JwsKey>, Vec<ConfigError>) {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
+    use signing::jws::JwsKey;
+    let mut keys = Vec::new();
+    let mut errors = Vec::new();
+    for (i, path) in config.jws_trust.iter().enumerate() {
+        let at = format!("signing.jws_trust[{i}]");
+        let shown = path.display();
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(ConfigError::new(at, format!("cannot read {shown}: {e}")));
+                continue;
+            }
+        };
+        let mut found = 0;
+        for cert in CertificateDer::pem_slice_iter(&bytes) {
+            match cert
+                .map_err(|e| e.to_string())
+                .and_then(|c| JwsKey::from_certificate_der(c.as_ref()).map_err(|e| e.to_string()))
+            {
+                Ok(k) => {
+                    keys.push(k);
+                    found += 1;
+                }
+                Err(e) => errors.push(ConfigError::new(at.clone(), format!("{shown}: {e}"))),
+            }
+        }
+        if found == 0 {
+            match SubjectPublicKeyInfoDer::from_pem_slice(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|k| JwsKey::from_spki_der(k.as_ref()).map_err(|e| e.to_string()))
+            {
+                Ok(k) => keys.push(k),
+                Err(e) => errors.push(ConfigError::new(
+                    at,
+                    format!(
+                        "{shown} holds no usable CERTIFICATE or PUBLIC KEY (P-256 or RSA): {e}"
+                    ),
+                )),
+            }
+        }
+    }
+    (keys, errors)
 }
 
 /// Reads the `[[signing.key]]` files: PKCS#8, readable by the owner only.
@@ -142,6 +194,9 @@ fn load_files(config: &Config, parsed: &Parsed) -> (Loaded, Vec<ConfigError>) {
     let (keys, key_errors) = load_signing_keys(&config.signing);
     loaded.signing_keys = keys;
     errors.extend(key_errors);
+    let (jws, jws_errors) = load_jws_keys(&config.signing);
+    loaded.jws_keys = jws;
+    errors.extend(jws_errors);
     let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
 
     for (i, l) in config.listener.iter().enumerate() {

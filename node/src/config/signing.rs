@@ -23,6 +23,9 @@ pub struct SigningConfig {
     /// Keep the `signatures` member in payloads written to plain chargers and to the CSMS
     /// (off: it is removed there, after its check, as their schemas do not allow it).
     pub deliver_signatures: bool,
+    /// PEM files (certificates or public keys) whose keys `require-jws` trusts for OCPP's own
+    /// signed messages.
+    pub jws_trust: Vec<PathBuf>,
     pub key: Vec<KeyConfig>,
     pub role: Vec<RoleConfig>,
     pub policy: Vec<PolicyConfig>,
@@ -34,6 +37,7 @@ impl Default for SigningConfig {
             window_s: 300,
             replay_cache: 65_536,
             deliver_signatures: false,
+            jws_trust: Vec::new(),
             key: Vec::new(),
             role: Vec::new(),
             policy: Vec::new(),
@@ -76,7 +80,8 @@ pub struct PolicyConfig {
     pub source: String,
     #[serde(default = "any")]
     pub destination: String,
-    /// in: `require-any`, `require-all`, `accept-unsigned`, `reject`, `drop`; out: `sign`, `none`.
+    /// in: `require-any`, `require-all`, `require-jws`, `accept-unsigned`, `reject`, `drop`;
+    /// out: `sign`, `none`.
     pub check: String,
     #[serde(default)]
     pub roles: Vec<String>,
@@ -146,6 +151,15 @@ impl SigningConfig {
                 "accept-unsigned" => Some(Check::AcceptUnsigned),
                 "reject" => Some(Check::Reject),
                 "drop" => Some(Check::Drop),
+                "require-jws" => {
+                    if self.jws_trust.is_empty() {
+                        errors.push((
+                            p("check"),
+                            "require-jws needs [signing] jws_trust, the keys it trusts".into(),
+                        ));
+                    }
+                    Some(Check::RequireJws)
+                }
                 "none" => Some(Check::None),
                 "sign" => match &c.key {
                     Some(k) => Some(Check::Sign(k.clone())),
@@ -157,7 +171,7 @@ impl SigningConfig {
                 other => {
                     errors.push((
                         p("check"),
-                        format!("{other:?}: expected require-any, require-all, accept-unsigned, reject, drop (in) or sign, none (out)"),
+                        format!("{other:?}: expected require-any, require-all, require-jws, accept-unsigned, reject, drop (in) or sign, none (out)"),
                     ));
                     None
                 }

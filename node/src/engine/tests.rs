@@ -82,6 +82,9 @@ fn hub(own: &str) -> Engine {
 /// A plain link's side of the conversation.
 type At = (usize, LinkId);
 
+/// From node, to node, and how the text is changed on the way.
+type Tamper = (usize, usize, fn(String) -> String);
+
 struct Net {
     nodes: Vec<Engine>,
     ids: Vec<String>,
@@ -101,6 +104,8 @@ struct Net {
     security: Vec<(usize, &'static str)>,
     /// Open the CSMS socket at once when the engine asks (else it stays "connecting").
     csms_accepts: bool,
+    /// Rewrites overlay text on its way from node `.0` to node `.1` (a hostile hop).
+    tamper: Option<Tamper>,
     db: redb::Database,
     _dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
@@ -125,6 +130,7 @@ impl Net {
             done: HashMap::new(),
             security: Vec::new(),
             csms_accepts: true,
+            tamper: None,
             db,
             _dir: dir,
             rt: tokio::runtime::Builder::new_current_thread()
@@ -274,13 +280,19 @@ impl Net {
     fn act(&mut self, n: usize, action: Action, inputs: &mut Vec<(usize, Input)>) {
         match action {
             Action::Send { link, out, .. } => match (self.wires.get(&(n, link)), out) {
-                (Some(&(m, l)), Outbound::Text(text)) => inputs.push((
-                    m,
-                    Input::Text {
-                        link: l,
-                        text: text.into(),
-                    },
-                )),
+                (Some(&(m, l)), Outbound::Text(text)) => {
+                    let text = match self.tamper {
+                        Some((from, to, f)) if (from, to) == (n, m) => f(text),
+                        _ => text,
+                    };
+                    inputs.push((
+                        m,
+                        Input::Text {
+                            link: l,
+                            text: text.into(),
+                        },
+                    ))
+                }
                 (Some(&(m, l)), Outbound::Binary { bytes, .. }) => {
                     inputs.push((m, Input::Binary { link: l, bytes }))
                 }
@@ -1014,4 +1026,120 @@ fn a_dropped_bulk_call_is_answered_with_a_callerror() {
     assert_eq!(v[2], "hub-1", "from the hub: {v}");
     assert_eq!(v[3], "c-9");
     assert!(net.binary.is_empty(), "nothing else is written");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signature policies across hops
+
+/// hub ← mid ← edge ← CP1 (2.0.1); the charger-side edge requires an admin signature on Reset
+/// and keeps `signatures` for the charger, so what it delivers can be compared byte for byte.
+fn signed_chain(
+    admin: &signing::PrivateKey,
+) -> (Net, tokio::sync::watch::Sender<Arc<crate::policy::Policy>>) {
+    let config: crate::config::SigningConfig = toml::from_str(&format!(
+        r#"
+        deliver_signatures = true
+        [[role]]
+        name = "admin"
+        keys = ["{}"]
+        actions = ["*"]
+        [[policy]]
+        direction = "in"
+        action = "Reset"
+        check = "require-any"
+        roles = ["admin"]
+        "#,
+        admin.public().key_id()
+    ))
+    .expect("signing config");
+    let policy =
+        crate::policy::Policy::build(&config, HashMap::new(), Vec::new(), None).expect("policy");
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
+    let mut e = edge("edge-1");
+    e.add_stage(Box::new(crate::policy::Signatures::new(rx)));
+    let mut net = Net::new(vec![
+        ("hub-1", hub("hub-1")),
+        ("mid-1", edge("mid-1")),
+        ("edge-1", e),
+    ]);
+    net.connect(1, 0, 100);
+    net.connect(2, 1, 101);
+    net.charger(2, CP, "CP1", OcppVersion::V201);
+    (net, tx)
+}
+
+fn signed_reset(admin: &signing::PrivateKey, nonce: &str) -> String {
+    let mut payload = json!({"type": "Immediate", "evseId": 1});
+    let message = signing::Message {
+        message_type: 2,
+        action: "Reset",
+        destination: "CP1",
+    };
+    let options = signing::signature::SignOptions {
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        nonce: Some(nonce.into()),
+        ..Default::default()
+    };
+    let sig = signing::signature::sign(&message, &payload, admin, options).expect("sign");
+    signing::signature::attach(&mut payload, sig).expect("attach");
+    // Unusual spacing, so a forwarder that re-serialized would show.
+    serde_json::to_string_pretty(&payload).expect("json")
+}
+
+#[test]
+fn a_signed_call_crosses_three_hops_byte_for_byte_and_is_verified_at_the_charger_side() {
+    let admin = signing::PrivateKey::generate(signing::Algorithm::Secp256r1).expect("key");
+    let (mut net, _tx) = signed_chain(&admin);
+    let payload = signed_reset(&admin, "n-1");
+    net.csms_says(0, "CP1", &format!(r#"[2,"s-1","Reset",{payload}]"#));
+    let at_charger = net.take_raw(2, CP);
+    assert_eq!(at_charger, vec![format!(r#"[2,"s-1","Reset",{payload}]"#)]);
+    assert!(net.security.is_empty(), "{:?}", net.security);
+    // The same bytes again are a replay.
+    net.text(2, CP, r#"[3,"s-1",{"status":"Accepted"}]"#);
+    assert_eq!(net.take_csms(0, "CP1").len(), 1);
+    net.csms_says(0, "CP1", &format!(r#"[2,"s-2","Reset",{payload}]"#));
+    assert!(
+        net.take_raw(2, CP).is_empty(),
+        "a replay reached the charger"
+    );
+    let refusal = net.take_csms(0, "CP1");
+    assert_eq!(refusal.len(), 1, "{refusal:?}");
+    let v: Value = serde_json::from_str(&refusal[0]).expect("json");
+    assert_eq!(
+        (v[0].as_u64(), v[1].as_str(), v[2].as_str()),
+        (Some(4), Some("s-2"), Some("SecurityError")),
+        "{v}"
+    );
+    assert!(
+        v[3].as_str().unwrap_or_default().contains("replayed"),
+        "{v}"
+    );
+    assert_eq!(net.security, vec![(2, "signature_refused")]);
+}
+
+#[test]
+fn a_byte_changed_at_any_hop_is_refused_at_the_charger_side() {
+    fn flip(text: String) -> String {
+        text.replacen("Immediate", "OnIdle", 1)
+    }
+    let admin = signing::PrivateKey::generate(signing::Algorithm::Ed25519).expect("key");
+    for (i, hop) in [(0, 1), (1, 2)].into_iter().enumerate() {
+        let (mut net, _tx) = signed_chain(&admin);
+        net.tamper = Some((hop.0, hop.1, flip));
+        let payload = signed_reset(&admin, &format!("n-{i}"));
+        net.csms_says(0, "CP1", &format!(r#"[2,"s-{i}","Reset",{payload}]"#));
+        assert!(
+            net.take_raw(2, CP).is_empty(),
+            "hop {hop:?}: a tampered Reset reached the charger"
+        );
+        let refusal = net.take_csms(0, "CP1");
+        assert_eq!(refusal.len(), 1, "hop {hop:?}: {refusal:?}");
+        assert!(
+            refusal[0].contains("SecurityError") && refusal[0].contains("does not verify"),
+            "{}",
+            refusal[0]
+        );
+        assert_eq!(net.security, vec![(2, "signature_refused")], "hop {hop:?}");
+    }
 }

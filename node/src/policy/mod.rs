@@ -47,14 +47,18 @@ impl Policy {
     pub fn build(
         config: &SigningConfig,
         mut keys: HashMap<String, PrivateKey>,
+        jws_keys: Vec<signing::jws::JwsKey>,
         identity: Option<&std::path::Path>,
     ) -> Result<Policy, Vec<String>> {
-        let set = config.policy_set().map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|(path, m)| format!("{path}: {m}"))
-                .collect::<Vec<_>>()
-        })?;
+        let set = config
+            .policy_set()
+            .map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(|(path, m)| format!("{path}: {m}"))
+                    .collect::<Vec<_>>()
+            })?
+            .with_jws_keys(jws_keys);
         let wants_identity = set
             .rules()
             .iter()

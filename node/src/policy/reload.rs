@@ -72,10 +72,12 @@ impl Reloader {
         };
         let (keys, key_errors) = config::files::load_signing_keys(&new.signing);
         errors.extend(to_strings(key_errors));
+        let (jws, jws_errors) = config::files::load_jws_keys(&new.signing);
+        errors.extend(to_strings(jws_errors));
         if !errors.is_empty() {
             return Err(errors);
         }
-        let policy = Policy::build(&new.signing, keys, self.identity_key.as_deref())?;
+        let policy = Policy::build(&new.signing, keys, jws, self.identity_key.as_deref())?;
         new.signing = self.running.signing.clone();
         if new != self.running {
             tracing::warn!(
