@@ -289,8 +289,10 @@ impl PolicySet {
         }
     }
 
-    /// Whether any in rule could apply to `action`, without parsing anything.
+    /// Whether any in rule could apply to `action`, without parsing anything. An OCPP
+    /// signed message (`Reset-Signed`) is matched by its inner action (`Reset`).
     pub fn wants_in(&self, action: &str, source: &str, destination: &str) -> bool {
+        let action = jws::is_signed_action(action).unwrap_or(action);
         self.rule(Direction::In, action, source, destination)
             .is_some()
     }

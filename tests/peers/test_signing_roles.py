@@ -193,3 +193,78 @@ async def test_roles_tampering_replay_three_hops_and_sighup(overlay, csms, charg
     why["unsigned again"] = await refused(csms, reset(), "sig-unsigned-2")
     s = await status(edge1)
     assert any(c.get("id") == CID or c.get("charger") == CID for c in s.get("chargers") or []), s.get("chargers")
+
+
+def es256_jws(key, action: str, payload: dict, message_type: int = 2) -> dict:
+    """OCPP Part 4 ch. 7: the flattened JWS of a payload, made with ``cryptography``."""
+    import base64
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    def b64u(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    header = b64u(json.dumps({"alg": "ES256", "OCPPAction": action,
+                              "OCPPMessageTypedId": message_type}).encode())
+    body = b64u(json.dumps(payload).encode())
+    r, s = decode_dss_signature(key.sign(f"{header}.{body}".encode(), ec.ECDSA(hashes.SHA256())))
+    return {"protected": header, "payload": body,
+            "signature": b64u(r.to_bytes(32, "big") + s.to_bytes(32, "big"))}
+
+
+async def test_ocpp_jws_passes_through_and_can_be_required(overlay, csms, charger, tmp_path):
+    from dataclasses import make_dataclass
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    trusted = ec.generate_private_key(ec.SECP256R1())
+    other = ec.generate_private_key(ec.SECP256R1())
+    pem = tmp_path / "csms-jws.pem"
+    pem.write_bytes(trusted.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    policy = (f'[signing]\njws_trust = ["{pem}"]\n'
+              '[[signing.policy]]\ndirection = "in"\naction = "Reset"\ncheck = "require-jws"\n')
+    hub = await overlay.start_hub(csms.url, peers={"edge1": ["SIG-*"]})
+    edge1 = await overlay.start_edge("edge1", hub.charger_url, uplink_name="hub", extra=policy)
+    await wait_uplink_up(edge1, PHASE)
+    cp = await charger(edge1.charger_url, CID, "ocpp2.0.1", cp_class=SignedCharger, response_timeout=PHASE)
+    await csms.wait_connected({CID: "ocpp2.0.1"}, PHASE)
+    await asyncio.wait_for(session201(cp, csms, full=False), PHASE)
+    ResetSigned = make_dataclass("Reset-Signed", [("protected", str), ("payload", str), ("signature", str)])
+    conn = csms.conn(CID)
+
+    # A trusted JWS passes through byte for byte; the charger has no handler for it and says so.
+    jws = es256_jws(trusted, "Reset", {"type": "Immediate"})
+    conn.log.expect_call_error("jws-ok")
+    with pytest.raises(OCPPError) as e:
+        await conn.cp.call(ResetSigned(**jws), suppress=False, unique_id="jws-ok", skip_schema_validation=True)
+    assert type(e.value).__name__ != "SecurityError", f"a trusted JWS was refused: {e.value}"
+    got = [f.text for f in cp.log.frames if f.direction == "node->peer" and isinstance(f.text, str)
+           and "Reset-Signed" in f.text]
+    sent = [f.text for f in conn.log.frames if f.direction == "peer->node" and isinstance(f.text, str)
+            and "jws-ok" in f.text]
+    assert len(got) == 1 and len(sent) == 1, (got, sent)
+    inner = lambda t: t[t.index("{", t.index('"Reset-Signed"')):t.rindex("}") + 1]  # noqa: E731
+    assert inner(got[0]) == inner(sent[0]), (got, sent)
+    # The charger's schema audit knows no Reset-Signed; this frame and its answer were checked here.
+    cp.log.frames = [f for f in cp.log.frames if not (isinstance(f.text, str) and "jws-ok" in f.text)]
+
+    # An unsigned Reset, a JWS by another key, a replay, or one bound to another action: refused.
+    why = {
+        "unsigned": await refused(csms, reset(), "jws-unsigned"),
+    }
+    for uid, payload in [("jws-other", es256_jws(other, "Reset", {"type": "Immediate"})),
+                         ("jws-replay", jws),
+                         ("jws-moved", es256_jws(trusted, "ClearCache", {"type": "Immediate"}))]:
+        conn.log.expect_call_error(uid)
+        with pytest.raises(OCPPError) as e:
+            await conn.cp.call(ResetSigned(**payload), suppress=False, unique_id=uid, skip_schema_validation=True)
+        assert type(e.value).__name__ == "SecurityError", (uid, e.value)
+        why[uid] = str(e.value)
+    assert "Reset-Signed" in why["unsigned"], why
+    assert "trusted key" in why["jws-other"] and "replayed" in why["jws-replay"], why
+    assert cp.resets == 0
+    assert [f for f in cp.log.frames if isinstance(f.text, str) and "Reset" in f.text
+            and "jws-ok" not in f.text and f.direction == "node->peer"] == []

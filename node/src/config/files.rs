@@ -76,7 +76,7 @@ pub fn load_jws_keys(
     for (i, path) in config.jws_trust.iter().enumerate() {
         let at = format!("signing.jws_trust[{i}]");
         let shown = path.display();
-        let bytes = match std::fs::read(path) {
+        let bytes = match crate::core::small_file::read(path) {
             Ok(b) => b,
             Err(e) => {
                 errors.push(ConfigError::new(at, format!("cannot read {shown}: {e}")));
@@ -137,7 +137,7 @@ pub fn load_signing_keys(
                 continue;
             }
         }
-        let read = std::fs::read(&k.file)
+        let read = crate::core::small_file::read(&k.file)
             .map_err(|e| format!("cannot read {shown}: {e}"))
             .and_then(|bytes| {
                 signing::PrivateKey::from_pkcs8(&bytes).map_err(|e| format!("{shown}: {e}"))

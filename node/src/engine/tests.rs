@@ -1143,3 +1143,58 @@ fn a_byte_changed_at_any_hop_is_refused_at_the_charger_side() {
         assert_eq!(net.security, vec![(2, "signature_refused")], "hop {hop:?}");
     }
 }
+
+#[test]
+fn an_ocpp_jws_is_checked_by_its_inner_action_and_passes_through_byte_for_byte() {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    let trusted = p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).expect("key");
+    let other = p256::ecdsa::SigningKey::from_slice(&[4u8; 32]).expect("key");
+    let jws = |key: &p256::ecdsa::SigningKey| {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header =
+            b64.encode(r#"{"alg": "ES256", "OCPPAction": "Reset", "OCPPMessageTypedId": 2}"#);
+        let body = b64.encode(r#"{"type": "Immediate"}"#);
+        let sig: p256::ecdsa::Signature = key.sign(format!("{header}.{body}").as_bytes());
+        format!(
+            r#"{{"protected": "{header}", "payload": "{body}", "signature": "{}"}}"#,
+            b64.encode(sig.to_bytes())
+        )
+    };
+    let config: crate::config::SigningConfig = toml::from_str(
+        "jws_trust = [\"trusted.pem\"]\n[[policy]]\ndirection = \"in\"\naction = \"Reset\"\ncheck = \"require-jws\"\n",
+    )
+    .expect("config");
+    let key = signing::jws::JwsKey::P256(*trusted.verifying_key());
+    let policy =
+        crate::policy::Policy::build(&config, HashMap::new(), vec![key], None).expect("policy");
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
+    let mut e = edge("edge-1");
+    e.add_stage(Box::new(crate::policy::Signatures::new(rx)));
+    let mut net = Net::new(vec![("hub-1", hub("hub-1")), ("edge-1", e)]);
+    net.connect(1, 0, 100);
+    net.charger(1, CP, "CP1", OcppVersion::V201);
+    let good = format!(r#"[2,"s-1","Reset-Signed",{}]"#, jws(&trusted));
+    net.csms_says(0, "CP1", &good);
+    assert_eq!(net.take_raw(1, CP), vec![good]);
+    net.text(1, CP, r#"[3,"s-1",{"status":"Accepted"}]"#);
+    assert_eq!(net.take_csms(0, "CP1").len(), 1);
+    for (id, frame) in [
+        (
+            "s-2",
+            format!(r#"[2,"s-2","Reset-Signed",{}]"#, jws(&other)),
+        ),
+        (
+            "s-3",
+            r#"[2,"s-3","Reset",{"type":"Immediate"}]"#.to_owned(),
+        ),
+    ] {
+        net.csms_says(0, "CP1", &frame);
+        assert!(net.take_raw(1, CP).is_empty(), "{id} reached the charger");
+        let answer = net.take_csms(0, "CP1");
+        assert!(
+            answer.len() == 1 && answer[0].contains("SecurityError"),
+            "{id}: {answer:?}"
+        );
+    }
+}

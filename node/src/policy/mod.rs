@@ -69,7 +69,7 @@ impl Policy {
                     "signing: a policy signs with the identity key, which is not loaded".to_owned(),
                 ]
             })?;
-            let key = std::fs::read(path)
+            let key = crate::core::small_file::read(path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| PrivateKey::from_pkcs8(&b).map_err(|e| e.to_string()))
                 .map_err(|e| vec![format!("node identity key {}: {e}", path.display())])?;
