@@ -105,3 +105,9 @@ fn collect_file_values<'a>(value: &'a toml::Value, under_file: bool, out: &mut V
         _ => {}
     }
 }
+
+/// The `signatures` target's corpus: signature objects, policies and OCPP JWS from the network.
+#[test]
+fn signatures_corpus() {
+    replay::replay(&fuzz_dir(), "signatures", node_fuzz::signatures::check);
+}

@@ -12,6 +12,8 @@
 //! own rendering of the redirected table, which still reaches every type and semantic check,
 //! the "cannot load" errors too. Nothing is ever created: the checks only read.
 
+pub mod signatures;
+
 use std::borrow::Cow;
 
 use ocpp_node::config::{Config, valid_charger_id};
