@@ -1198,3 +1198,77 @@ fn an_ocpp_jws_is_checked_by_its_inner_action_and_passes_through_byte_for_byte()
         );
     }
 }
+
+/// An edge attests for its legacy charger (`out`, sign with its key); the hub admits only what
+/// that key signed, and removes the signatures before the unmodified CSMS.
+#[test]
+fn an_edge_signs_for_its_charger_and_the_hub_requires_it() {
+    let site = signing::PrivateKey::generate(signing::Algorithm::Ed25519).expect("key");
+    let policy = |text: &str, keys: HashMap<String, signing::PrivateKey>| {
+        let config: crate::config::SigningConfig = toml::from_str(text).expect("config");
+        let p = crate::policy::Policy::build(&config, keys, Vec::new(), None).expect("policy");
+        tokio::sync::watch::channel(Arc::new(p))
+    };
+    let (_etx, erx) = policy(
+        "[[key]]\nname = \"site\"\nfile = \"site.pem\"\n[[policy]]\ndirection = \"out\"\naction = \"DataTransfer\"\ncheck = \"sign\"\nkey = \"site\"\n",
+        HashMap::from([("site".to_owned(), site.clone())]),
+    );
+    let (_htx, hrx) = policy(
+        &format!(
+            "[[policy]]\ndirection = \"in\"\naction = \"DataTransfer\"\ncheck = \"require-any\"\nkeys = [\"{}\"]\n",
+            site.public().key_id()
+        ),
+        HashMap::new(),
+    );
+    let mut e = edge("edge-1");
+    e.add_stage(Box::new(crate::policy::Signatures::new(erx)));
+    let mut h = hub("hub-1");
+    h.add_stage(Box::new(crate::policy::Signatures::new(hrx)));
+    // A second edge signs nothing: its charger's DataTransfer must not reach the CSMS.
+    let mut net = Net::new(vec![
+        ("edge-1", e),
+        ("hub-1", h),
+        ("edge-2", edge("edge-2")),
+    ]);
+    net.connect(EDGE, HUB, UP);
+    net.connect(2, HUB, 102);
+    net.charger(EDGE, CP, "CP1", OcppVersion::V16);
+    net.charger(2, CP, "CP2", OcppVersion::V16);
+
+    net.text(
+        EDGE,
+        CP,
+        r#"[2,"c-1","DataTransfer",{"vendorId":"acme","data":"x"}]"#,
+    );
+    let at_csms = net.take_csms(HUB, "CP1");
+    assert_eq!(at_csms.len(), 1, "{at_csms:?}");
+    let v: Value = serde_json::from_str(&at_csms[0]).expect("json");
+    assert_eq!(
+        v[3],
+        json!({"vendorId": "acme", "data": "x"}),
+        "signatures removed before the CSMS"
+    );
+    assert!(net.security.is_empty(), "{:?}", net.security);
+
+    net.text(
+        2,
+        CP,
+        r#"[2,"c-2","DataTransfer",{"vendorId":"acme","data":"y"}]"#,
+    );
+    assert!(
+        net.take_csms(HUB, "CP2").is_empty(),
+        "an unsigned DataTransfer reached the CSMS"
+    );
+    let answer = net.take(2, CP);
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(
+        (
+            answer[0][0].as_u64(),
+            answer[0][1].as_str(),
+            answer[0][2].as_str()
+        ),
+        (Some(4), Some("c-2"), Some("SecurityError")),
+        "{answer:?}"
+    );
+    assert_eq!(net.security, vec![(HUB, "signature_refused")]);
+}
