@@ -177,6 +177,8 @@ async def test_roles_tampering_replay_three_hops_and_sighup(overlay, csms, charg
     assert r.status == "Accepted" and cp.resets == 2
     cp.log.frames = [f for f in cp.log.frames if not (isinstance(f.text, str) and '"Reset"' in f.text)]
     assert len(csms.conns(CID)) == conns_before and csms.conn(CID).open, "a connection was dropped"
+    signing = (await status(edge1)).get("signing") or {}
+    assert [r["name"] for r in signing.get("roles", [])] == ["admin", "user", "ops"], signing
     assert cp.ws.state.name == "OPEN"
 
     # An invalid reload changes nothing: ops still passes, and every mistake is logged.

@@ -95,6 +95,7 @@ pub async fn status_json(node: &Node) -> Value {
         "routes": routing["routes"],
         "csmsConnections": routing["csmsConnections"],
         "outbox": routing["outbox"],
+        "signing": routing["signing"],
         "dlm": node.dlm.get().map(|s| s.get()),
     })
 }

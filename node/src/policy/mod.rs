@@ -135,6 +135,22 @@ impl Stage for Signatures {
         }
     }
 
+    fn status(&self, _now: std::time::Instant) -> Option<(&'static str, Value)> {
+        let set = &self.current.set;
+        Some((
+            "signing",
+            serde_json::json!({
+                "rules": set.rules().len(),
+                "roles": set.roles().iter().map(|r| serde_json::json!({
+                    "name": r.name, "keys": r.keys.len(),
+                })).collect::<Vec<_>>(),
+                "signingKeys": self.current.keys.keys().collect::<Vec<_>>(),
+                "deliverSignatures": self.current.deliver_signatures,
+                "replayCache": {"entries": self.replay.len(), "evicted": self.replay.evicted()},
+            }),
+        ))
+    }
+
     fn screen(&mut self, p: &Passing<'_, '_>, cx: &mut Cx<'_>) -> Screen {
         let policy = self.current.clone();
         if policy.is_idle() {
