@@ -1,9 +1,12 @@
-//! The allow-list: which overlay peer may read which registers of which Modbus target.
+//! The allow-list: which overlay peer may read (and write) which registers of which target.
 //!
 //! A tunnel into a site's fieldbus is only safe when it is narrow, so nothing is reachable unless
 //! a rule names it: peer (glob), target (glob), unit ids and register ranges. The whole requested
 //! range must lie inside one allowed range, and a refusal says exactly which part failed so an
-//! operator can fix the rule rather than guess.
+//! operator can fix the rule rather than guess. `ranges` are for reads; writes need
+//! `write_ranges` (coils and holding registers only), and absent that a rule allows no write.
+//! The allow-list is only half of a write's check: the node also demands a signature by a role
+//! that grants `ModbusWrite`.
 //!
 //! TOML form (one `[[allow]]` table per rule, see [`AllowList::from_toml`]):
 //!
@@ -13,6 +16,7 @@
 //! target = "grid-meter"    # glob as well
 //! units = [1]              # empty or absent: any unit
 //! ranges = ["holding:0-99", "input:30000-30100", "0-9"]  # kind optional: any kind
+//! write_ranges = ["holding:100-110", "coils:0-3"]          # absent: no writes
 //! ```
 
 use std::str::FromStr;
@@ -21,7 +25,7 @@ use routing::glob;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::pdu::{ReadKind, ReadRequest};
+use crate::pdu::{ReadKind, ReadRequest, WriteRequest};
 
 /// One allowed register range, written `"[kind:]start-end"` (inclusive) or `"[kind:]address"`.
 ///
@@ -38,9 +42,14 @@ pub struct RangeRule {
 impl RangeRule {
     /// True when the whole of `req` lies inside this range.
     pub fn contains(&self, req: &ReadRequest) -> bool {
-        self.kind.is_none_or(|k| k == req.kind)
-            && req.address >= self.start
-            && u32::from(req.address) + u32::from(req.count) <= u32::from(self.end) + 1
+        self.contains_span(req.kind, req.address, req.count)
+    }
+
+    /// True when `count` items of `kind` from `address` lie inside this range.
+    pub fn contains_span(&self, kind: ReadKind, address: u16, count: u16) -> bool {
+        self.kind.is_none_or(|k| k == kind)
+            && address >= self.start
+            && u32::from(address) + u32::from(count) <= u32::from(self.end) + 1
     }
 }
 
@@ -127,9 +136,28 @@ pub struct AllowRule {
     /// Allowed unit ids; empty means any.
     #[serde(default)]
     pub units: Vec<u8>,
-    /// Allowed register ranges; empty means none (the rule then allows nothing).
+    /// Register ranges allowed to read; empty means none.
     #[serde(default)]
     pub ranges: Vec<RangeRule>,
+    /// Ranges allowed to write (FC 5, 6, 15, 16), coils and holding registers only; empty or
+    /// absent means no writes. A write also needs a signature by a role granting `ModbusWrite`.
+    #[serde(default)]
+    pub write_ranges: Vec<RangeRule>,
+}
+
+impl AllowRule {
+    /// Mistakes serde cannot see: a write range of a read-only kind.
+    pub fn problems(&self) -> Vec<String> {
+        self.write_ranges
+            .iter()
+            .filter_map(|r| match r.kind {
+                Some(k @ (ReadKind::DiscreteInputs | ReadKind::InputRegisters)) => Some(format!(
+                    "write_ranges: {k} are read-only (only coils and holding registers are written)"
+                )),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// The allow-list: a request passes when some rule allows all of it.
@@ -155,6 +183,15 @@ pub enum Refusal {
         first: u16,
         last: u16,
     },
+    #[error(
+        "writing {kind} {first}..{last} is outside the allowed write_ranges on target {target:?}"
+    )]
+    NotWritable {
+        target: String,
+        kind: ReadKind,
+        first: u16,
+        last: u16,
+    },
 }
 
 /// Why an allow-list file did not load.
@@ -162,6 +199,8 @@ pub enum Refusal {
 pub enum AllowListError {
     #[error("allow-list: {0}")]
     Toml(#[from] toml::de::Error),
+    #[error("allow-list rule {rule}: {problem}")]
+    Invalid { rule: usize, problem: String },
 }
 
 #[derive(Deserialize)]
@@ -174,7 +213,13 @@ struct AllowFile {
 impl AllowList {
     /// Parses a TOML document of `[[allow]]` tables.
     pub fn from_toml(text: &str) -> Result<Self, AllowListError> {
-        Ok(toml::from_str::<AllowFile>(text)?.allow)
+        let list = toml::from_str::<AllowFile>(text)?.allow;
+        for (i, rule) in list.0.iter().enumerate() {
+            if let Some(problem) = rule.problems().into_iter().next() {
+                return Err(AllowListError::Invalid { rule: i, problem });
+            }
+        }
+        Ok(list)
     }
 
     /// Checks one read of `peer` on `target`, unit `unit`.
@@ -185,16 +230,65 @@ impl AllowList {
         unit: u8,
         req: &ReadRequest,
     ) -> Result<(), Refusal> {
+        self.check_span(peer, target, unit, |rule| {
+            rule.ranges.iter().any(|range| range.contains(req))
+        })
+        .map_err(|e| {
+            e.unwrap_or_else(|| Refusal::OutsideRanges {
+                target: target.to_owned(),
+                kind: req.kind,
+                first: req.address,
+                last: req.last_address(),
+            })
+        })
+    }
+
+    /// Checks one write of `peer` on `target`, unit `unit`, against the rules' `write_ranges`
+    /// (never `ranges`). The signature a write also needs is the caller's to check.
+    pub fn check_write(
+        &self,
+        peer: &str,
+        target: &str,
+        unit: u8,
+        req: &WriteRequest,
+    ) -> Result<(), Refusal> {
+        let (kind, address, count) = (req.kind(), req.address(), req.count());
+        self.check_span(peer, target, unit, |rule| {
+            // A read-only kind in write_ranges is refused at load; never honour one anyway.
+            rule.problems().is_empty()
+                && rule
+                    .write_ranges
+                    .iter()
+                    .any(|range| range.contains_span(kind, address, count))
+        })
+        .map_err(|e| {
+            e.unwrap_or_else(|| Refusal::NotWritable {
+                target: target.to_owned(),
+                kind,
+                first: address,
+                last: req.last_address(),
+            })
+        })
+    }
+
+    /// `Err(Some)` for no rule or no unit, `Err(None)` when no matching rule's ranges fit.
+    fn check_span(
+        &self,
+        peer: &str,
+        target: &str,
+        unit: u8,
+        fits: impl Fn(&AllowRule) -> bool,
+    ) -> Result<(), Option<Refusal>> {
         let mut matching = self
             .0
             .iter()
             .filter(|r| glob::matches(&r.peer, peer) && glob::matches(&r.target, target))
             .peekable();
         if matching.peek().is_none() {
-            return Err(Refusal::NoRule {
+            return Err(Some(Refusal::NoRule {
                 peer: peer.to_owned(),
                 target: target.to_owned(),
-            });
+            }));
         }
         let mut unit_ok = false;
         for rule in matching {
@@ -202,23 +296,18 @@ impl AllowList {
                 continue;
             }
             unit_ok = true;
-            if rule.ranges.iter().any(|range| range.contains(req)) {
+            if fits(rule) {
                 return Ok(());
             }
         }
         if !unit_ok {
-            return Err(Refusal::UnitNotAllowed {
+            return Err(Some(Refusal::UnitNotAllowed {
                 peer: peer.to_owned(),
                 target: target.to_owned(),
                 unit,
-            });
+            }));
         }
-        Err(Refusal::OutsideRanges {
-            target: target.to_owned(),
-            kind: req.kind,
-            first: req.address,
-            last: req.last_address(),
-        })
+        Err(None)
     }
 }
 
@@ -368,6 +457,7 @@ mod tests {
                 "holding:0-9".parse().expect("ok"),
                 "holding:10-19".parse().expect("ok"),
             ],
+            write_ranges: vec![],
         }]);
         assert!(
             list.check("p", "t", 1, &req(ReadKind::HoldingRegisters, 8, 4))
@@ -382,10 +472,159 @@ mod tests {
             target: "*".into(),
             units: vec![],
             ranges: vec!["65535".parse().expect("ok")],
+            write_ranges: vec![],
         }]);
         assert!(
             top.check("p", "t", 0, &req(ReadKind::InputRegisters, 65535, 1))
                 .is_ok()
+        );
+    }
+
+    fn w_reg(address: u16, values: &[u16]) -> WriteRequest {
+        if let [value] = values {
+            WriteRequest::SingleRegister {
+                address,
+                value: *value,
+            }
+        } else {
+            WriteRequest::MultipleRegisters {
+                address,
+                values: values.to_vec(),
+            }
+        }
+    }
+
+    const WRITES: &str = r#"
+        [[allow]]
+        peer = "hub"
+        target = "wallbox-io"
+        units = [1]
+        ranges = ["holding:0-199", "coils:0-15"]
+        write_ranges = ["holding:100-110", "coils:0-3"]
+
+        [[allow]]
+        peer = "reader"
+        target = "*"
+        ranges = ["0-65535"]
+    "#;
+
+    #[test]
+    fn writes_need_write_ranges() {
+        let list = AllowList::from_toml(WRITES).expect("valid list");
+        assert_eq!(
+            list.check_write("hub", "wallbox-io", 1, &w_reg(100, &[7])),
+            Ok(())
+        );
+        assert_eq!(
+            list.check_write("hub", "wallbox-io", 1, &w_reg(105, &[1, 2, 3, 4, 5, 6])),
+            Ok(())
+        );
+        // Readable is not writable.
+        let err = list
+            .check_write("hub", "wallbox-io", 1, &w_reg(99, &[7]))
+            .expect_err("99 is read-only");
+        assert_eq!(
+            err,
+            Refusal::NotWritable {
+                target: "wallbox-io".into(),
+                kind: ReadKind::HoldingRegisters,
+                first: 99,
+                last: 99
+            }
+        );
+        assert!(err.to_string().contains("write_ranges"), "{err}");
+        // Straddling the end of a write range.
+        assert!(
+            list.check_write("hub", "wallbox-io", 1, &w_reg(109, &[1, 2, 3]))
+                .is_err()
+        );
+        // Coils 0-3, by single and multiple writes; a holding range does not cover coils.
+        let coil = |address, n: usize| {
+            if n == 1 {
+                WriteRequest::SingleCoil {
+                    address,
+                    value: true,
+                }
+            } else {
+                WriteRequest::MultipleCoils {
+                    address,
+                    values: vec![true; n],
+                }
+            }
+        };
+        assert_eq!(
+            list.check_write("hub", "wallbox-io", 1, &coil(3, 1)),
+            Ok(())
+        );
+        assert_eq!(
+            list.check_write("hub", "wallbox-io", 1, &coil(0, 4)),
+            Ok(())
+        );
+        assert!(
+            list.check_write("hub", "wallbox-io", 1, &coil(1, 4))
+                .is_err()
+        );
+        assert!(
+            list.check_write("hub", "wallbox-io", 1, &coil(100, 1))
+                .is_err()
+        );
+        // Unit and peer are checked as for reads.
+        assert!(matches!(
+            list.check_write("hub", "wallbox-io", 2, &w_reg(100, &[7])),
+            Err(Refusal::UnitNotAllowed { unit: 2, .. })
+        ));
+        assert!(matches!(
+            list.check_write("intruder", "wallbox-io", 1, &w_reg(100, &[7])),
+            Err(Refusal::NoRule { .. })
+        ));
+        // A rule without write_ranges allows no write, however wide its read ranges.
+        assert!(
+            list.check("reader", "x", 1, &req(ReadKind::HoldingRegisters, 100, 1))
+                .is_ok()
+        );
+        assert!(matches!(
+            list.check_write("reader", "x", 1, &w_reg(100, &[7])),
+            Err(Refusal::NotWritable { .. })
+        ));
+        // And write_ranges do not widen reads.
+        let only_write = AllowList::from_toml(
+            "[[allow]]\npeer = \"p\"\ntarget = \"t\"\nwrite_ranges = [\"holding:0-9\"]\n",
+        )
+        .expect("valid");
+        assert!(
+            only_write
+                .check("p", "t", 1, &req(ReadKind::HoldingRegisters, 0, 1))
+                .is_err()
+        );
+        assert_eq!(only_write.check_write("p", "t", 1, &w_reg(0, &[1])), Ok(()));
+    }
+
+    #[test]
+    fn read_only_kinds_cannot_be_write_ranges() {
+        for kind in ["input", "discrete"] {
+            let err = AllowList::from_toml(&format!(
+                "[[allow]]\npeer = \"p\"\ntarget = \"t\"\nwrite_ranges = [\"{kind}:0-9\"]\n"
+            ))
+            .expect_err("read-only kind");
+            assert!(err.to_string().contains("read-only"), "{err}");
+        }
+        // A kind-less write range covers coils and holding registers.
+        let any = AllowList::from_toml(
+            "[[allow]]\npeer = \"p\"\ntarget = \"t\"\nwrite_ranges = [\"0-9\"]\n",
+        )
+        .expect("valid");
+        assert!(any.check_write("p", "t", 1, &w_reg(9, &[1])).is_ok());
+        assert!(
+            any.check_write(
+                "p",
+                "t",
+                1,
+                &WriteRequest::SingleCoil {
+                    address: 0,
+                    value: false
+                }
+            )
+            .is_ok()
         );
     }
 

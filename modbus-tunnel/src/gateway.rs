@@ -1,4 +1,5 @@
-//! The gateway side: one connection per Modbus device, used for tunnelled reads and meter polls.
+//! The gateway side: one connection per Modbus device, used for tunnelled reads and writes and
+//! for meter polls.
 //!
 //! Field devices are slow, single-threaded and fragile, so each [`Device`] owns one connection,
 //! serializes its requests, bounds every request by a timeout, drops the connection after any
@@ -18,7 +19,7 @@ use tokio_serial::SerialPortBuilderExt as _;
 
 use crate::allow::AllowList;
 use crate::map::{Map, MeterError, Reading};
-use crate::pdu::{self, ReadData, ReadKind, ReadRequest};
+use crate::pdu::{self, ReadData, ReadKind, ReadRequest, WriteRequest};
 use crate::transfer::{TransferRequest, TransferResponse};
 
 /// How a device is reached.
@@ -103,6 +104,47 @@ impl Device {
     pub async fn read(&self, unit: u8, req: &ReadRequest) -> Result<ReadData, GatewayError> {
         req.validate()
             .map_err(|e| GatewayError::BadReply(format!("invalid request: {e}")))?;
+        let request = match req.kind {
+            ReadKind::Coils => Request::ReadCoils(req.address, req.count),
+            ReadKind::DiscreteInputs => Request::ReadDiscreteInputs(req.address, req.count),
+            ReadKind::HoldingRegisters => Request::ReadHoldingRegisters(req.address, req.count),
+            ReadKind::InputRegisters => Request::ReadInputRegisters(req.address, req.count),
+        };
+        self.call(unit, request, |response| check_response(req, response))
+            .await
+    }
+
+    /// Writes `req` to unit `unit`; `Ok` only when the device's reply echoes the request
+    /// exactly (address and value, or address and quantity). Same timeout and validation
+    /// rules as [`Device::read`]. Whether the write is allowed is the caller's to decide.
+    pub async fn write(&self, unit: u8, req: &WriteRequest) -> Result<(), GatewayError> {
+        req.validate()
+            .map_err(|e| GatewayError::BadReply(format!("invalid request: {e}")))?;
+        let request = match req {
+            WriteRequest::SingleCoil { address, value } => {
+                Request::WriteSingleCoil(*address, *value)
+            }
+            WriteRequest::SingleRegister { address, value } => {
+                Request::WriteSingleRegister(*address, *value)
+            }
+            WriteRequest::MultipleCoils { address, values } => {
+                Request::WriteMultipleCoils(*address, values.as_slice().into())
+            }
+            WriteRequest::MultipleRegisters { address, values } => {
+                Request::WriteMultipleRegisters(*address, values.as_slice().into())
+            }
+        };
+        self.call(unit, request, |response| check_echo(req, &response))
+            .await
+    }
+
+    /// One request on the (re)connected, serialized connection; `check` maps the reply.
+    async fn call<T>(
+        &self,
+        unit: u8,
+        request: Request<'_>,
+        check: impl FnOnce(Response) -> Result<T, GatewayError>,
+    ) -> Result<T, GatewayError> {
         let mut conn = self.conn.lock().await;
         let deadline = Instant::now() + self.timeout;
         let ctx = match conn.as_mut() {
@@ -122,18 +164,12 @@ impl Device {
             }
         };
         ctx.set_slave(Slave(unit));
-        let request = match req.kind {
-            ReadKind::Coils => Request::ReadCoils(req.address, req.count),
-            ReadKind::DiscreteInputs => Request::ReadDiscreteInputs(req.address, req.count),
-            ReadKind::HoldingRegisters => Request::ReadHoldingRegisters(req.address, req.count),
-            ReadKind::InputRegisters => Request::ReadInputRegisters(req.address, req.count),
-        };
         let result = match timeout_at(deadline, ctx.call(request)).await {
             Err(_) => Err(GatewayError::Timeout),
             Ok(Err(tokio_modbus::Error::Transport(e))) => Err(transport_error(&self.name, &e)),
             Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(GatewayError::BadReply(e.to_string())),
             Ok(Ok(Err(code))) => Err(GatewayError::Exception(code.into())),
-            Ok(Ok(Ok(response))) => check_response(req, response),
+            Ok(Ok(Ok(response))) => check(response),
         };
         match &result {
             // The connection is still in step after data or an exception; anything else may
@@ -183,8 +219,47 @@ fn check_response(req: &ReadRequest, response: Response) -> Result<ReadData, Gat
     }
 }
 
+/// Checks a write's reply echoes it: FC 5/6 address and value, FC 15/16 address and quantity.
+fn check_echo(req: &WriteRequest, response: &Response) -> Result<(), GatewayError> {
+    let echoed = match (req, response) {
+        (WriteRequest::SingleCoil { address, value }, Response::WriteSingleCoil(a, v)) => {
+            a == address && v == value
+        }
+        (WriteRequest::SingleRegister { address, value }, Response::WriteSingleRegister(a, v)) => {
+            a == address && v == value
+        }
+        (WriteRequest::MultipleCoils { address, .. }, Response::WriteMultipleCoils(a, n))
+        | (
+            WriteRequest::MultipleRegisters { address, .. },
+            Response::WriteMultipleRegisters(a, n),
+        ) => a == address && *n == req.count(),
+        _ => {
+            return Err(GatewayError::BadReply(
+                "reply does not match the request's function".into(),
+            ));
+        }
+    };
+    if echoed {
+        Ok(())
+    } else {
+        Err(GatewayError::BadReply(format!(
+            "the reply {response:?} does not echo the write"
+        )))
+    }
+}
+
+/// Whether the caller has checked a write's grant (in the node: a valid signature by a role
+/// that grants `ModbusWrite`). The allow-list's `write_ranges` are checked as well either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteGrant {
+    /// Writes are refused.
+    None,
+    /// This request's write is authorized (still subject to `write_ranges`).
+    Granted,
+}
+
 /// Relays one raw request PDU to `device` and maps the outcome to a transfer response. The
-/// caller has already applied the allow-list (see [`serve_transfer`]).
+/// caller has already applied the allow-list (see [`serve_transfer`]). Reads only.
 pub async fn transfer(device: &Device, unit: u8, request_pdu: &[u8]) -> TransferResponse {
     let req = match pdu::parse_request(request_pdu) {
         Ok(req) => req,
@@ -205,13 +280,16 @@ async fn read_to_response(device: &Device, unit: u8, req: &ReadRequest) -> Trans
     }
 }
 
-/// Handles a whole `ModbusTransfer` from `peer`: parses the PDU (refusing writes), checks the
-/// allow-list with `device`'s name as target, then reads. `request.target` must name `device`.
+/// Handles a whole `ModbusTransfer` from `peer`: parses the PDU, checks the allow-list with
+/// `device`'s name as target (`ranges` for a read, `write_ranges` for a write), then reads or
+/// writes. A write is refused unless `grant` is [`WriteGrant::Granted`]. `request.target` must
+/// name `device`.
 pub async fn serve_transfer(
     allow: &AllowList,
     peer: &str,
     device: &Device,
     request: &TransferRequest,
+    grant: WriteGrant,
 ) -> TransferResponse {
     if request.target != device.name() {
         return TransferResponse::refused(format!(
@@ -220,15 +298,40 @@ pub async fn serve_transfer(
             device.name()
         ));
     }
-    let req = match pdu::parse_request(&request.pdu) {
-        Ok(req) => req,
+    let parsed = match pdu::parse(&request.pdu) {
+        Ok(parsed) => parsed,
         Err(e) => return TransferResponse::refused(e.to_string()),
     };
-    if let Err(refusal) = allow.check(peer, device.name(), request.unit_id, &req) {
-        return TransferResponse::refused(refusal.to_string());
+    match parsed {
+        pdu::Request::Read(req) => {
+            if let Err(refusal) = allow.check(peer, device.name(), request.unit_id, &req) {
+                return TransferResponse::refused(refusal.to_string());
+            }
+            read_to_response(device, request.unit_id, &req).await
+        }
+        pdu::Request::Write(req) => {
+            if grant != WriteGrant::Granted {
+                return TransferResponse::refused(WRITE_NEEDS_GRANT);
+            }
+            if let Err(refusal) = allow.check_write(peer, device.name(), request.unit_id, &req) {
+                return TransferResponse::refused(refusal.to_string());
+            }
+            match device.write(request.unit_id, &req).await {
+                Ok(()) => TransferResponse::ok(req.encode_response()),
+                Err(GatewayError::Exception(code)) => {
+                    TransferResponse::exception(req.function_code(), code)
+                }
+                Err(GatewayError::Timeout) => TransferResponse::timeout(),
+                Err(GatewayError::Unreachable(why)) => TransferResponse::unreachable(why),
+                Err(GatewayError::BadReply(why)) => TransferResponse::bad_reply(why),
+            }
+        }
     }
-    read_to_response(device, request.unit_id, &req).await
 }
+
+/// The refusal of a write without its grant.
+pub const WRITE_NEEDS_GRANT: &str =
+    "writes are refused: a write needs a signature by a role that grants ModbusWrite";
 
 /// Why a meter poll failed.
 #[derive(Debug, Clone, PartialEq, Error)]

@@ -4,8 +4,8 @@
 //! management) through a gateway node, without a VPN into the fieldbus. This crate holds the
 //! pieces, one concept per module:
 //!
-//! - [`pdu`]: strict parsing and encoding of Modbus read PDUs (writes are refused);
-//! - [`allow`]: the allow-list deciding which peer may read which registers;
+//! - [`pdu`]: strict parsing and encoding of Modbus read and write request PDUs;
+//! - [`allow`]: the allow-list deciding which peer may read (and write) which registers;
 //! - [`transfer`]: the JSON payloads of the overlay CALL `ModbusTransfer`;
 //! - [`map`]: meter register maps (SunSpec 201–204, Eastron SDM630, generic) and plausibility;
 //! - [`gateway`]: devices over Modbus TCP/RTU with timeouts, lazy reconnects and meter polls.
@@ -17,7 +17,9 @@ pub mod pdu;
 pub mod transfer;
 
 pub use allow::{AllowList, AllowRule, RangeRule, Refusal};
-pub use gateway::{Device, GatewayError, ReadMeterError, Transport, read_meter, serve_transfer};
+pub use gateway::{
+    Device, GatewayError, ReadMeterError, Transport, WriteGrant, read_meter, serve_transfer,
+};
 pub use map::{Map, MeterError, Plausibility, Reading};
-pub use pdu::{PduError, ReadData, ReadKind, ReadRequest};
+pub use pdu::{PduError, ReadData, ReadKind, ReadRequest, Request, WriteRequest};
 pub use transfer::{Status, TransferRequest, TransferResponse};

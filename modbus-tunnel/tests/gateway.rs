@@ -1,18 +1,20 @@
 //! The gateway against a real Modbus TCP server (tokio-modbus) on loopback: reads, exceptions,
-//! dead devices within the timeout, reconnects, the transfer mapping and a meter poll.
+//! writes and their echo checks, dead devices within the timeout, reconnects, the transfer
+//! mapping and a meter poll.
 
 use std::collections::HashMap;
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use modbus_tunnel::allow::AllowList;
 use modbus_tunnel::gateway::{
-    Device, GatewayError, ReadMeterError, Transport, read_meter, serve_transfer, transfer,
+    Device, GatewayError, ReadMeterError, Transport, WriteGrant, read_meter, serve_transfer,
+    transfer,
 };
 use modbus_tunnel::map::{Map, MeterError};
-use modbus_tunnel::pdu::{self, ReadData, ReadKind, ReadRequest};
+use modbus_tunnel::pdu::{self, ReadData, ReadKind, ReadRequest, WriteRequest};
 use modbus_tunnel::transfer::{Status, TransferRequest};
 use tokio::net::TcpListener;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
@@ -21,10 +23,13 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 const TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A device holding fixed registers; unknown addresses are an illegal-address exception.
+/// Writes are recorded (and answered with a wrong echo when `lie` is set).
 #[derive(Default)]
 struct Registers {
     holding: HashMap<u16, u16>,
     input: HashMap<u16, u16>,
+    written: Arc<Mutex<Vec<Request<'static>>>>,
+    lie: bool,
 }
 
 impl Registers {
@@ -55,6 +60,26 @@ impl tokio_modbus::server::Service for Registers {
             }
             Request::ReadCoils(_, cnt) => {
                 Ok(Response::ReadCoils((0..cnt).map(|i| i % 3 == 0).collect()))
+            }
+            ref w @ (Request::WriteSingleRegister(..)
+            | Request::WriteSingleCoil(..)
+            | Request::WriteMultipleRegisters(..)
+            | Request::WriteMultipleCoils(..)) => {
+                self.written.lock().unwrap().push(w.clone());
+                let off = u16::from(self.lie);
+                Ok(match w {
+                    Request::WriteSingleRegister(a, v) => {
+                        Response::WriteSingleRegister(*a, v.wrapping_add(off))
+                    }
+                    Request::WriteSingleCoil(a, v) => Response::WriteSingleCoil(*a, *v != self.lie),
+                    Request::WriteMultipleRegisters(a, v) => {
+                        Response::WriteMultipleRegisters(*a, v.len() as u16 + off)
+                    }
+                    Request::WriteMultipleCoils(a, v) => {
+                        Response::WriteMultipleCoils(a.wrapping_add(off), v.len() as u16)
+                    }
+                    _ => unreachable!(),
+                })
             }
             _ => Err(ExceptionCode::IllegalFunction),
         })
@@ -220,9 +245,23 @@ async fn serve_transfer_applies_the_allow_list() {
     let request = |unit, pdu| TransferRequest::new("grid-meter", unit, pdu);
     let inside = pdu::encode_request(&req(ReadKind::HoldingRegisters, 0, 5));
     let outside = pdu::encode_request(&req(ReadKind::HoldingRegisters, 3, 5));
-    let ok = serve_transfer(&allow, "csms-1", &dev, &request(1, inside.clone())).await;
+    let ok = serve_transfer(
+        &allow,
+        "csms-1",
+        &dev,
+        &request(1, inside.clone()),
+        WriteGrant::None,
+    )
+    .await;
     assert_eq!(ok.status, Status::Ok, "{ok:?}");
-    let range = serve_transfer(&allow, "csms-1", &dev, &request(1, outside)).await;
+    let range = serve_transfer(
+        &allow,
+        "csms-1",
+        &dev,
+        &request(1, outside),
+        WriteGrant::None,
+    )
+    .await;
     assert_eq!(range.status, Status::Refused);
     assert!(
         range
@@ -231,15 +270,169 @@ async fn serve_transfer_applies_the_allow_list() {
             .is_some_and(|r| r.contains("registers 3..7")),
         "{range:?}"
     );
-    let unit = serve_transfer(&allow, "csms-1", &dev, &request(2, inside.clone())).await;
+    let unit = serve_transfer(
+        &allow,
+        "csms-1",
+        &dev,
+        &request(2, inside.clone()),
+        WriteGrant::None,
+    )
+    .await;
     assert_eq!(unit.status, Status::Refused);
-    let peer = serve_transfer(&allow, "intruder", &dev, &request(1, inside.clone())).await;
+    let peer = serve_transfer(
+        &allow,
+        "intruder",
+        &dev,
+        &request(1, inside.clone()),
+        WriteGrant::None,
+    )
+    .await;
     assert_eq!(peer.status, Status::Refused);
     let other = TransferRequest::new("other-meter", 1, inside);
     assert_eq!(
-        serve_transfer(&allow, "csms-1", &dev, &other).await.status,
+        serve_transfer(&allow, "csms-1", &dev, &other, WriteGrant::None)
+            .await
+            .status,
         Status::Refused
     );
+}
+
+#[tokio::test]
+async fn granted_writes_in_write_ranges_reach_the_device_and_echoes_are_checked() {
+    let registers = sample();
+    let written = registers.written.clone();
+    let dev = device(serve(registers).await);
+    let allow = AllowList::from_toml(
+        "[[allow]]\npeer = \"hub\"\ntarget = \"grid-meter\"\nunits = [1]\n\
+         ranges = [\"holding:0-9\"]\nwrite_ranges = [\"holding:5-6\", \"coils:0-3\"]\n",
+    )
+    .expect("allow-list");
+    let request = |pdu: Vec<u8>| TransferRequest::new("grid-meter", 1, pdu);
+    let fc6 = WriteRequest::SingleRegister {
+        address: 5,
+        value: 42,
+    };
+    // Without the grant nothing is written, even inside write_ranges.
+    let refused = serve_transfer(
+        &allow,
+        "hub",
+        &dev,
+        &request(fc6.encode()),
+        WriteGrant::None,
+    )
+    .await;
+    assert_eq!(refused.status, Status::Refused);
+    assert!(
+        refused
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("ModbusWrite")),
+        "{refused:?}"
+    );
+    assert!(written.lock().unwrap().is_empty());
+    // Granted: FC 6, FC 16, FC 5 and FC 15 inside write_ranges; the reply is the echo.
+    let fc16 = WriteRequest::MultipleRegisters {
+        address: 5,
+        values: vec![1, 2],
+    };
+    let fc5 = WriteRequest::SingleCoil {
+        address: 3,
+        value: true,
+    };
+    let fc15 = WriteRequest::MultipleCoils {
+        address: 0,
+        values: vec![true, false, true, true],
+    };
+    for w in [&fc6, &fc16, &fc5, &fc15] {
+        let ok = serve_transfer(
+            &allow,
+            "hub",
+            &dev,
+            &request(w.encode()),
+            WriteGrant::Granted,
+        )
+        .await;
+        assert_eq!(ok.status, Status::Ok, "{w:?}: {ok:?}");
+        assert_eq!(ok.pdu, Some(w.encode_response()), "{w:?}");
+    }
+    assert_eq!(
+        *written.lock().unwrap(),
+        vec![
+            Request::WriteSingleRegister(5, 42),
+            Request::WriteMultipleRegisters(5, vec![1, 2].into()),
+            Request::WriteSingleCoil(3, true),
+            Request::WriteMultipleCoils(0, vec![true, false, true, true].into()),
+        ]
+    );
+    // Outside write_ranges (though readable), or a read-only kind: refused, not written.
+    let outside = WriteRequest::SingleRegister {
+        address: 4,
+        value: 1,
+    };
+    let past = WriteRequest::MultipleRegisters {
+        address: 6,
+        values: vec![1, 2],
+    };
+    for w in [&outside, &past] {
+        let r = serve_transfer(
+            &allow,
+            "hub",
+            &dev,
+            &request(w.encode()),
+            WriteGrant::Granted,
+        )
+        .await;
+        assert_eq!(r.status, Status::Refused, "{w:?}: {r:?}");
+        assert!(
+            r.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("write_ranges")),
+            "{r:?}"
+        );
+    }
+    // A malformed write is refused before anything else.
+    let bad = serve_transfer(
+        &allow,
+        "hub",
+        &dev,
+        &request(vec![5, 0, 3, 0, 1]),
+        WriteGrant::Granted,
+    )
+    .await;
+    assert_eq!(bad.status, Status::Refused, "{bad:?}");
+    assert_eq!(written.lock().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_write_reply_that_does_not_echo_is_a_bad_reply() {
+    let registers = Registers {
+        lie: true,
+        ..sample()
+    };
+    let dev = device(serve(registers).await);
+    for w in [
+        WriteRequest::SingleRegister {
+            address: 1,
+            value: 7,
+        },
+        WriteRequest::SingleCoil {
+            address: 1,
+            value: true,
+        },
+        WriteRequest::MultipleRegisters {
+            address: 1,
+            values: vec![7, 8],
+        },
+        WriteRequest::MultipleCoils {
+            address: 1,
+            values: vec![true],
+        },
+    ] {
+        assert!(
+            matches!(dev.write(1, &w).await, Err(GatewayError::BadReply(_))),
+            "{w:?}"
+        );
+    }
 }
 
 fn put_f32(table: &mut HashMap<u16, u16>, address: u16, v: f32) {

@@ -65,7 +65,7 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
     let (events, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
     let node = Arc::new(Node::new(config, files, store, metrics, audit_log, events));
     let devices = crate::modbus::Devices::from_config(&node.config.meter);
-    let (mut engine, site_events) = engine_for(&node, &devices).await?;
+    let (mut engine, site_events) = engine_for(&node, &devices, policy_updates.clone()).await?;
     // Screens every frame routing forwards or delivers; the other stages see plain frames.
     engine.add_stage(Box::new(crate::policy::Signatures::new(policy_updates)));
     tracing::info!(stages = ?engine.stage_names(), "engine ready");
@@ -198,6 +198,7 @@ pub async fn serve(config: Config, mut files: Loaded, store: Store) -> anyhow::R
 async fn engine_for(
     node: &Arc<Node>,
     devices: &crate::modbus::Devices,
+    policies: tokio::sync::watch::Receiver<Arc<crate::policy::Policy>>,
 ) -> anyhow::Result<(Engine, Option<SiteEvents>)> {
     let config = &node.config;
     let settings = Settings::from_config(config);
@@ -221,9 +222,19 @@ async fn engine_for(
         site_events = Some((rx, metrics));
     }
     if !config.meter.is_empty() {
+        // Refused writes are security events; a weak reference, so the handler does not
+        // keep the node alive.
+        let events = Arc::downgrade(node);
         let tunnel = crate::modbus::Tunnel::new(
             devices.clone(),
             modbus_tunnel::allow::AllowList(config.modbus.allow.clone()),
+            config.node.id.clone(),
+            policies,
+            Arc::new(move |kind, detail| {
+                if let Some(node) = events.upgrade() {
+                    node.security_event(kind, detail);
+                }
+            }),
         );
         engine
             .handlers_mut()

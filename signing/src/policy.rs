@@ -448,6 +448,49 @@ impl PolicySet {
         Verdict::Accepted { signers: vec![who] }
     }
 
+    /// A grant check outside the rules: the keys whose valid signatures on `payload` come
+    /// with a role that allows `action` (a pseudo-action such as `ModbusWrite`, or a real
+    /// one). As in [`PolicySet::incoming`], every signature by a known key must verify and be
+    /// new, or the message is refused; signatures by unknown keys are ignored. Keys named only
+    /// in rules have no role and grant nothing here. On success the verified signatures are
+    /// remembered in `replay`; the answer is the granting signers, never empty.
+    pub fn authorize(
+        &self,
+        message: &Message<'_>,
+        payload: &Value,
+        now: i64,
+        replay: &mut ReplayCache,
+        action: &str,
+    ) -> Result<Vec<String>, String> {
+        let verified = self.verify_all(message, payload, now, replay)?;
+        let granting: Vec<String> = verified
+            .iter()
+            .filter(|key| {
+                self.roles_of.get(key.as_str()).is_some_and(|roles| {
+                    roles
+                        .iter()
+                        .any(|&i| self.roles[i].actions.iter().any(|g| g.matches(action)))
+                })
+            })
+            .cloned()
+            .collect();
+        if granting.is_empty() {
+            let has = signature::signatures(payload).map(|s| s.len()).unwrap_or(0);
+            return Err(if has == 0 {
+                format!("{} is not signed", message.action)
+            } else if verified.is_empty() {
+                format!("{} is signed by no known key", message.action)
+            } else {
+                format!("no role of its signers allows {action}")
+            });
+        }
+        let expires = now + self.window;
+        for (key, value) in self.replay_keys(message, payload, now) {
+            replay.insert(&key, &value, expires, now);
+        }
+        Ok(granting)
+    }
+
     /// Every signature by a known key must verify and be new; unknown keys are ignored.
     fn verify_all(
         &self,
@@ -842,6 +885,132 @@ mod tests {
             check("Reset-Signed", &tampered, &mut r),
             Verdict::Refused(_)
         ));
+    }
+
+    #[test]
+    fn authorize_grants_only_roles_that_allow_the_pseudo_action() {
+        let writer = PrivateKey::generate(Algorithm::Ed25519).unwrap();
+        let reader = PrivateKey::generate(Algorithm::Secp256r1).unwrap();
+        let ruled = PrivateKey::generate(Algorithm::Ed25519).unwrap();
+        let roles = vec![
+            Role {
+                name: "operator".into(),
+                keys: vec![writer.public().key_id()],
+                actions: vec![g("ModbusTransfer"), g("ModbusWrite")],
+                read: vec![],
+                write: vec![],
+            },
+            Role {
+                name: "viewer".into(),
+                keys: vec![reader.public().key_id()],
+                actions: vec![g("ModbusTransfer")],
+                read: vec![],
+                write: vec![],
+            },
+        ];
+        // A key named in a rule only: trusted for that rule, but it has no role to grant.
+        let rules = vec![Rule {
+            direction: Direction::In,
+            action: g("Reset"),
+            source: g("*"),
+            destination: g("*"),
+            check: Check::RequireAny(vec![Principal::Key(ruled.public().key_id())]),
+        }];
+        let set = PolicySet::new(roles, rules, &[], 300).unwrap();
+        let m = msg("ModbusTransfer");
+        let mut r = ReplayCache::new(100);
+        let body = json!({"target": "io", "unitId": 1, "pdu": "BgBkACo="});
+        let sign_with = |key: &PrivateKey, payload: Value, nonce: &str| {
+            signed(key, "ModbusTransfer", payload, nonce)
+        };
+        let mut auth = |p: &Value| set.authorize(&m, p, NOW, &mut r, "ModbusWrite");
+
+        let ok = sign_with(&writer, body.clone(), "1");
+        assert_eq!(auth(&ok), Ok(vec![writer.public().key_id()]));
+        // The same signature again is a replay.
+        let again = auth(&ok).unwrap_err();
+        assert!(again.contains("replayed"), "{again}");
+        // Unsigned, by a role without the grant, by a rule-only key, by a stranger.
+        let why = auth(&body).unwrap_err();
+        assert!(why.contains("not signed"), "{why}");
+        let why = auth(&sign_with(&reader, body.clone(), "2")).unwrap_err();
+        assert!(why.contains("allows ModbusWrite"), "{why}");
+        let why = auth(&sign_with(&ruled, body.clone(), "3")).unwrap_err();
+        assert!(why.contains("allows ModbusWrite"), "{why}");
+        let stranger = PrivateKey::generate(Algorithm::Secp384r1).unwrap();
+        let why = auth(&sign_with(&stranger, body.clone(), "4")).unwrap_err();
+        assert!(why.contains("no known key"), "{why}");
+        // Tampered: signed over another value.
+        let mut changed = sign_with(&writer, body.clone(), "5");
+        changed["pdu"] = json!("BgBkAP8=");
+        let why = auth(&changed).unwrap_err();
+        assert!(why.contains("does not verify"), "{why}");
+        // A bad known-key signature spoils a good one beside it.
+        let mut both = sign_with(&writer, body.clone(), "6");
+        let bad = sign_with(&reader, json!({"other": 1}), "7");
+        both["signatures"]
+            .as_array_mut()
+            .unwrap()
+            .push(bad["signatures"][0].clone());
+        assert!(auth(&both).is_err());
+        // A refused message is not remembered: its honest copy still passes.
+        let honest = sign_with(&writer, body.clone(), "6");
+        assert_eq!(auth(&honest), Ok(vec![writer.public().key_id()]));
+        // Signed for another destination or action: does not verify.
+        let elsewhere = {
+            let mut p = body.clone();
+            let s = sign(
+                &Message {
+                    message_type: 2,
+                    action: "ModbusTransfer",
+                    destination: "other-node",
+                },
+                &p,
+                &writer,
+                SignOptions {
+                    timestamp: STAMP.into(),
+                    nonce: Some("8".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            attach(&mut p, s).unwrap();
+            p
+        };
+        assert!(auth(&elsewhere).is_err());
+        // Outside the time window.
+        let late = sign_with(&writer, body.clone(), "9");
+        assert!(
+            set.authorize(
+                &m,
+                &late,
+                NOW + 301,
+                &mut ReplayCache::new(10),
+                "ModbusWrite"
+            )
+            .unwrap_err()
+            .contains("window")
+        );
+        // A wildcard role grants every action, pseudo-actions included.
+        let admin = PrivateKey::generate(Algorithm::Ed25519).unwrap();
+        let wide = PolicySet::new(
+            vec![Role {
+                name: "admin".into(),
+                keys: vec![admin.public().key_id()],
+                actions: vec![g("*")],
+                read: vec![],
+                write: vec![],
+            }],
+            vec![],
+            &[],
+            300,
+        )
+        .unwrap();
+        let p = sign_with(&admin, body, "10");
+        assert!(
+            wide.authorize(&m, &p, NOW, &mut ReplayCache::new(10), "ModbusWrite")
+                .is_ok()
+        );
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! reads a site meter without a VPN. The request becomes a `ModbusTransfer` CALL through the
 //! node's own CALL API; the answer is the remote node's, plus the registers decoded.
 //!
+//! A write is a raw `pdu` (function code 5, 6, 15 or 16) with `signatures`: the signature
+//! objects made over the `ModbusTransfer` payload `{"target", "unitId", "pdu"}` (message type
+//! 2, action `ModbusTransfer`, destination the owning node's id), e.g. with `ocpp-node sign`.
+//! They are passed into the payload as they are; this node neither adds nor checks them, the
+//! owning node does.
+//!
 //! The body must be JSON (`Content-Type: application/json`), which a cross-site form cannot
 //! send, so the cookie a browser holds cannot be abused to make reads.
 
@@ -35,6 +41,8 @@ pub struct ModbusRead {
     pub count: Option<u16>,
     /// A raw request PDU (base64), sent as it is.
     pub pdu: Option<String>,
+    /// Signature objects for the payload, passed through (a write needs one).
+    pub signatures: Option<Vec<Value>>,
     pub timeout_ms: Option<u64>,
 }
 
@@ -71,12 +79,16 @@ pub async fn read(
         _ => return bad("give either function (+ address, count) or pdu".into()),
     };
     let timeout = Duration::from_millis(r.timeout_ms.unwrap_or(10_000).clamp(100, 60_000));
+    let mut payload = json!({"target": r.target, "unitId": r.unit_id, "pdu": pdu});
+    if let Some(signatures) = r.signatures {
+        payload["signatures"] = Value::Array(signatures);
+    }
     let call = NodeCall {
         target: Target::Id(r.node.clone()),
         on_behalf: None,
         id: None,
         action: "ModbusTransfer".to_owned(),
-        payload: json!({"target": r.target, "unitId": r.unit_id, "pdu": pdu}).to_string(),
+        payload: payload.to_string(),
         timeout: Some(timeout),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();

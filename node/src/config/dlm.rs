@@ -203,6 +203,9 @@ pub(super) fn check(config: &Config, err: &mut impl FnMut(String, String)) {
                 format!("no [[meter]] is named {:?}", rule.target),
             );
         }
+        for problem in rule.problems() {
+            err(format!("modbus.allow[{i}]"), problem);
+        }
     }
     let Some(d) = &config.dlm else { return };
     if config.node.role != Role::LocalController {
@@ -387,5 +390,19 @@ ranges = ["holding:0-9"]
             "{:?}",
             errors(&bad_range)
         );
+        let read_only = format!(
+            "{METER}\n[[modbus.allow]]\npeer = \"hub\"\ntarget = \"grid\"\nwrite_ranges = [\"input:0-9\"]\n"
+        );
+        assert!(
+            errors(&read_only)
+                .iter()
+                .any(|e| e.starts_with("modbus.allow[0]") && e.contains("read-only")),
+            "{:?}",
+            errors(&read_only)
+        );
+        let writes = format!(
+            "{METER}\n[[modbus.allow]]\npeer = \"hub\"\ntarget = \"grid\"\nwrite_ranges = [\"holding:100-110\", \"coils:0-3\"]\n"
+        );
+        assert!(errors(&writes).is_empty(), "{:?}", errors(&writes));
     }
 }
