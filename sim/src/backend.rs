@@ -9,7 +9,7 @@
 //! the other charger-initiated actions, and `{}` for any action it does not know.
 //!
 //! Prints `listening backend ws://HOST:PORT/ocpp` when ready (any path works under it), and on
-//! SIGTERM, SIGINT or `--duration` expiry one JSON line: `{"connections":n,"calls":n}`.
+//! SIGTERM, SIGINT or `--duration` expiry one JSON line: `{"connections":n,"calls":n,"signed":n}`.
 
 use std::net::SocketAddr;
 use std::time::Duration;

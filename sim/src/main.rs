@@ -15,7 +15,7 @@
 //!   See [`load`].
 //! * `ocpp-sim backend`: the plain backend of relay benchmarks: any charger at
 //!   `/<anything>/<id>`, every CALL answered at once with the minimal valid response. Prints
-//!   `listening backend ws://HOST:PORT/ocpp`, and `{"connections":n,"calls":n}` at exit.
+//!   `listening backend ws://HOST:PORT/ocpp`, and `{"connections":n,"calls":n,"signed":n}` at exit.
 //! * `ocpp-sim forward`: the bare forwarder relays are compared against: each WebSocket at
 //!   `/<anything>/<id>` gets one upstream WebSocket to `<upstream>/<id>` with the same
 //!   subprotocol, and frames are copied both ways unchanged. Prints

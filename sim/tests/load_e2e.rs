@@ -237,5 +237,5 @@ async fn backend_takes_any_path_and_answers_any_action() {
     backend.sigterm();
     let summary = parse_json(&backend.line());
     assert!(backend.wait().success());
-    assert_eq!(summary, serde_json::json!({"connections": 1, "calls": 3}));
+    assert_eq!(summary, serde_json::json!({"connections": 1, "calls": 3, "signed": 0}));
 }

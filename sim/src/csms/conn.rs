@@ -95,6 +95,10 @@ impl Connection<'_> {
         }
         match &frame.body {
             Body::Call { action, payload } => {
+                // A cheap look: a `signatures` member should never reach a plain CSMS.
+                if payload.get().contains("\"signatures\"") {
+                    self.counters.count(Event::Signed);
+                }
                 let Some(index) = answers::lookup(self.version, action) else {
                     self.counters.count(Event::NotImplemented);
                     if self.shared.config.flavor == Flavor::Backend {

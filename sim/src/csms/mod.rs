@@ -107,7 +107,7 @@ pub enum Flavor {
     /// summary.
     Csms,
     /// `ocpp-sim backend`: chargers at any `/<anything>/<id>`, `{}` for unknown actions, and the
-    /// summary `{"connections":n,"calls":n}`.
+    /// summary `{"connections":n,"calls":n,"signed":n}`.
     Backend,
 }
 
@@ -244,6 +244,7 @@ pub async fn serve(args: Options) -> Result<bool> {
         Flavor::Backend => serde_json::json!({
             "connections": summary["connections"],
             "calls": summary["calls"],
+            "signed": summary["signed_calls"],
         }),
     };
     println!("{summary}");

@@ -28,6 +28,9 @@ pub struct Counters {
     csms_sent: AtomicU64,
     csms_answered: AtomicU64,
     csms_errors: AtomicU64,
+    /// CALLs whose payload names a `signatures` member (end-to-end signatures that reached the
+    /// CSMS; a node strips them by default).
+    signed: AtomicU64,
 }
 
 /// Which counter to increment.
@@ -40,6 +43,7 @@ pub enum Event {
     CsmsSent,
     CsmsAnswered,
     CsmsError,
+    Signed,
 }
 
 impl Default for Counters {
@@ -53,6 +57,7 @@ impl Default for Counters {
             csms_sent: AtomicU64::new(0),
             csms_answered: AtomicU64::new(0),
             csms_errors: AtomicU64::new(0),
+            signed: AtomicU64::new(0),
         }
     }
 }
@@ -67,6 +72,7 @@ impl Counters {
             Event::CsmsSent => &self.csms_sent,
             Event::CsmsAnswered => &self.csms_answered,
             Event::CsmsError => &self.csms_errors,
+            Event::Signed => &self.signed,
         };
         // Relaxed: the counters are independent tallies, read only for reports.
         counter.fetch_add(1, Ordering::Relaxed);
@@ -83,6 +89,7 @@ struct Totals {
     csms_sent: u64,
     csms_answered: u64,
     csms_errors: u64,
+    signed: u64,
 }
 
 impl Default for Totals {
@@ -95,6 +102,7 @@ impl Default for Totals {
             csms_sent: 0,
             csms_answered: 0,
             csms_errors: 0,
+            signed: 0,
         }
     }
 }
@@ -111,6 +119,7 @@ impl Totals {
         self.csms_sent += get(&c.csms_sent);
         self.csms_answered += get(&c.csms_answered);
         self.csms_errors += get(&c.csms_errors);
+        self.signed += get(&c.signed);
     }
 
     fn calls(&self) -> u64 {
@@ -259,6 +268,7 @@ impl Stats {
             "csms_calls_sent": totals.csms_sent,
             "csms_calls_answered": totals.csms_answered,
             "csms_calls_errors": totals.csms_errors,
+            "signed_calls": totals.signed,
             "elapsed_ms": self.started.elapsed().as_millis() as u64,
         });
         {
