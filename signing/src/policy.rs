@@ -347,7 +347,10 @@ impl PolicySet {
             Check::AcceptUnsigned => None,
             Check::Sign(_) | Check::None | Check::RequireJws => return Verdict::Pass,
         };
-        let verified = match self.verify_all(message, payload, now, replay) {
+        let Verified {
+            signers: verified,
+            replay: seen,
+        } = match self.verify_all(message, payload, now, replay) {
             Ok(v) => v,
             Err(why) => return Verdict::Refused(why),
         };
@@ -408,7 +411,7 @@ impl PolicySet {
         }
         // Remembered only once admitted, so a refused message cannot block its honest copy.
         let expires = now + self.window;
-        for (key, value) in self.replay_keys(message, payload, now) {
+        for (key, value) in seen {
             replay.insert(&key, &value, expires, now);
         }
         Verdict::Accepted { signers: verified }
@@ -492,15 +495,17 @@ impl PolicySet {
     }
 
     /// Every signature by a known key must verify and be new; unknown keys are ignored.
+    /// Returns the signers' keyIds (each once) and every verified signature's replay-cache
+    /// entry, remembered once the message is admitted: each signature is verified once.
     fn verify_all(
         &self,
         message: &Message<'_>,
         payload: &Value,
         now: i64,
         replay: &ReplayCache,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Verified, String> {
         let objects = signature::signatures(payload).map_err(|e| e.to_string())?;
-        let mut verified = Vec::new();
+        let mut verified = Verified::default();
         for object in objects {
             let key_id = signature::key_id(object).map_err(|e| e.to_string())?;
             let Some(key) = self.keys.get(key_id) else {
@@ -511,31 +516,20 @@ impl PolicySet {
             if replay.contains(&v.key_id, &v.replay_value) {
                 return Err(format!("replayed signature by {key_id}"));
             }
-            if !verified.contains(&v.key_id) {
-                verified.push(v.key_id);
+            if !verified.signers.contains(&v.key_id) {
+                verified.signers.push(v.key_id.clone());
             }
+            verified.replay.push((v.key_id, v.replay_value));
         }
         Ok(verified)
     }
+}
 
-    fn replay_keys(
-        &self,
-        message: &Message<'_>,
-        payload: &Value,
-        now: i64,
-    ) -> Vec<(String, Vec<u8>)> {
-        let Ok(objects) = signature::signatures(payload) else {
-            return Vec::new();
-        };
-        objects
-            .into_iter()
-            .filter_map(|o| {
-                let key = self.keys.get(signature::key_id(o).ok()?)?;
-                let v = signature::verify(message, payload, o, key, now, self.window).ok()?;
-                Some((v.key_id, v.replay_value))
-            })
-            .collect()
-    }
+/// What [`PolicySet::verify_all`] found.
+#[derive(Default)]
+struct Verified {
+    signers: Vec<String>,
+    replay: Vec<(String, Vec<u8>)>,
 }
 
 /// The device-model variables a Get/Set names: `Component.Variable` in 2.x, the key in 1.6;
