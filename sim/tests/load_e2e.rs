@@ -139,8 +139,9 @@ fn load_runs_against_the_backend_directly_and_through_the_forwarder() {
         .map(String::as_str)
         .collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["calls", "connections"], "{summary}");
+    assert_eq!(keys, ["calls", "connections", "signed"], "{summary}");
     assert_eq!(summary["connections"], 10, "{summary}");
+    assert_eq!(summary["signed"], 0, "{summary}");
     // Ten boots, plus every answered Heartbeat (and the warmup's, and those in flight).
     let answered = u64_of(&direct, "answered") + u64_of(&relayed, "answered");
     assert!(u64_of(&summary, "calls") >= answered + 10, "{summary}");
@@ -233,9 +234,12 @@ async fn backend_takes_any_path_and_answers_any_action() {
     assert!(heartbeat[2]["currentTime"].is_string(), "{heartbeat}");
     let unknown = exchange(&mut ws, r#"[2,"3","NoSuchAction",{"a":1}]"#).await;
     assert_eq!(unknown, serde_json::json!([3, "3", {}]));
+    // A `signatures` member should never reach a plain CSMS: the backend counts such CALLs.
+    let signed = exchange(&mut ws, r#"[2,"4","Heartbeat",{"signatures":[]}]"#).await;
+    assert!(signed[2]["currentTime"].is_string(), "{signed}");
 
     backend.sigterm();
     let summary = parse_json(&backend.line());
     assert!(backend.wait().success());
-    assert_eq!(summary, serde_json::json!({"connections": 1, "calls": 3, "signed": 0}));
+    assert_eq!(summary, serde_json::json!({"connections": 1, "calls": 4, "signed": 1}));
 }
