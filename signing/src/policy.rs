@@ -465,7 +465,10 @@ impl PolicySet {
         replay: &mut ReplayCache,
         action: &str,
     ) -> Result<Vec<String>, String> {
-        let verified = self.verify_all(message, payload, now, replay)?;
+        let Verified {
+            signers: verified,
+            replay: seen,
+        } = self.verify_all(message, payload, now, replay)?;
         let granting: Vec<String> = verified
             .iter()
             .filter(|key| {
@@ -488,8 +491,8 @@ impl PolicySet {
             });
         }
         let expires = now + self.window;
-        for (key, value) in self.replay_keys(message, payload, now) {
-            replay.insert(&key, &value, expires, now);
+        for (key, value) in &seen {
+            replay.insert(key, value, expires, now);
         }
         Ok(granting)
     }

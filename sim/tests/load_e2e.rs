@@ -241,5 +241,8 @@ async fn backend_takes_any_path_and_answers_any_action() {
     backend.sigterm();
     let summary = parse_json(&backend.line());
     assert!(backend.wait().success());
-    assert_eq!(summary, serde_json::json!({"connections": 1, "calls": 4, "signed": 1}));
+    assert_eq!(
+        summary,
+        serde_json::json!({"connections": 1, "calls": 4, "signed": 1})
+    );
 }
