@@ -237,33 +237,19 @@ impl Engine {
         match received.decision {
             Decision::Forward { link, frame } => {
                 let to_plain = !matches!(self.core.links.get(&link), Some(Link::Node(_)));
-                let replaced;
-                let frame = match self.screen(origin, to_plain, &frame, now) {
-                    Screened::Pass => frame,
-                    Screened::Payload(raw) => {
-                        replaced = raw;
-                        with_payload(frame, &replaced)
-                    }
-                    Screened::Stop(routed) => return routed,
-                };
-                self.core.metrics.frames_forwarded.inc();
-                self.send(link, frame, now);
-                Routed::Forwarded(link)
+                let stopped = self.screened(origin, to_plain, frame, now, |e, frame| {
+                    e.core.metrics.frames_forwarded.inc();
+                    e.send(link, frame, now);
+                });
+                stopped.unwrap_or(Routed::Forwarded(link))
             }
             Decision::Deliver(frame) => {
                 let to_plain =
                     self.core.hub.is_some() && frame.dest.first() != self.core.settings.own_id;
-                let replaced;
-                let frame = match self.screen(origin, to_plain, &frame, now) {
-                    Screened::Pass => frame,
-                    Screened::Payload(raw) => {
-                        replaced = raw;
-                        with_payload(frame, &replaced)
-                    }
-                    Screened::Stop(routed) => return routed,
-                };
-                self.deliver(frame, now);
-                Routed::Delivered
+                let stopped = self.screened(origin, to_plain, frame, now, |e, frame| {
+                    e.deliver(frame, now)
+                });
+                stopped.unwrap_or(Routed::Delivered)
             }
             Decision::Broadcast { except, frame } => {
                 let text = frame.to_text();
@@ -314,6 +300,24 @@ impl Engine {
                 Routed::Dropped
             }
         }
+    }
+
+    /// Screens `frame` and, unless a stage stopped it, hands it (its payload replaced where a
+    /// stage asked) to `go`; `Some` is what became of a stopped frame.
+    fn screened(
+        &mut self,
+        origin: Origin,
+        to_plain: bool,
+        frame: OverlayFrame<'_>,
+        now: Instant,
+        go: impl FnOnce(&mut Self, OverlayFrame<'_>),
+    ) -> Option<Routed> {
+        match self.screen(origin, to_plain, &frame, now) {
+            Screened::Pass => go(self, frame),
+            Screened::Payload(raw) => go(self, with_payload(frame, &raw)),
+            Screened::Stop(routed) => return Some(routed),
+        }
+        None
     }
 
     /// The stages' say on a CALL or SEND routing will forward or deliver.
